@@ -1,0 +1,245 @@
+/*
+ * host.h — the state of one marchproxy process as the control plane sees it: the
+ * running config, plugin images, instances and their generations, the NLB routing
+ * table and the registry of external modules. All of it is owned by the control
+ * thread; other threads only touch the atomics in mp_instance_stats and generation
+ * reference counts.
+ *
+ * Vocabulary:
+ *   image       one loaded .so version (dlopen handle of a private, hash-named copy)
+ *   instance    one configured use of a plugin, with an id ("alb", "alb-internal")
+ *   generation  an instance's state created by one image; reloads make new ones, and
+ *               blue/green keeps two serving side by side with weights
+ */
+#ifndef MP_HOST_HOST_H
+#define MP_HOST_HOST_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "histogram.h"
+#include "marchproxy/plugin.h"
+#include "msg_store.h"
+#include "proc_stats.h"
+#include "rpc_server.h"
+
+#define MP_MAX_ROUTES_PER_INSTANCE 10000
+#define MP_MAX_RATE_LIMITS_PER_INSTANCE 10000
+#define MP_MAX_NLB_ROUTES 100000
+#define MP_MAX_EXTERNAL_MODULES 1024
+#define MP_MAX_RPC_PER_GENERATION 64
+#define MP_VERSION_LEN 96
+
+typedef struct mp_host mp_host;
+typedef struct mp_plugin_image mp_plugin_image;
+typedef struct mp_generation mp_generation;
+
+struct mp_plugin_image {
+    char *name;       /* descriptor name */
+    char *version;    /* descriptor version */
+    char *src_path;   /* the file in plugin_dir it was read from */
+    char *copy_path;  /* the private copy that was dlopen'ed */
+    char hash[65];    /* SHA-256 of the file, hex */
+    void *dl;
+    const mp_plugin_descriptor *desc;
+    int refs;         /* generations using it + 1 while it is its file's current image */
+    mp_plugin_image *next;
+};
+
+struct mp_generation {
+    struct mp_instance *inst;
+    mp_plugin_image *image;
+    void *state;                /* the plugin's, from create() */
+    uint64_t seq;               /* host-wide creation order */
+    char version[MP_VERSION_LEN]; /* "<plugin version>+<hash prefix>" — unique per image */
+    int32_t weight;             /* share of new connections, 0..100 */
+    _Atomic int refs;           /* calls and connections in flight */
+    _Atomic bool retired;       /* takes no new work; destroyed when refs reach 0 */
+    _Atomic bool destroying;    /* claimed by whoever saw refs == 0 after retirement */
+    uint64_t created_ns;
+    struct mp_gen_rpc {          /* methods registered by create(); the ctx the server */
+        mp_generation *gen;      /* hands back to the dispatcher is &rpcs[i] */
+        char *path;              /* owned */
+        bool streaming;
+        mp_rpc_handler fn;
+    } rpcs[MP_MAX_RPC_PER_GENERATION];
+    size_t n_rpc;
+    mp_generation *next;
+};
+
+typedef struct mp_instance_stats {
+    mp_histogram latency;
+    _Atomic uint64_t requests, ok, failed, bytes_in, bytes_out, conns_total;
+    _Atomic int64_t conns_active;
+    _Atomic uint64_t since_ns; /* last reset */
+} mp_instance_stats;
+
+/* The plugin's opaque mp_instance is this struct. */
+struct mp_instance {
+    mp_host *host;
+    char *id;
+    char *plugin;                /* plugin name it runs */
+    bool autoloaded;             /* created by autoload, not by an instances section */
+    int32_t max_connections;
+
+    mp_generation *active;       /* receives RPCs and, without weights, all traffic */
+    mp_generation *gens;         /* every live generation, newest first */
+    char stable_version[MP_VERSION_LEN];   /* what Rollback returns to */
+    char previous_version[MP_VERSION_LEN]; /* the stable one before the last promotion */
+    bool canary;                 /* two generations split traffic by weight */
+    char promoting[MP_VERSION_LEN]; /* stepwise PromoteVersion target, "" when none */
+    int32_t promotion_step;      /* weight points added per step */
+    mp_rpc_timer *promotion_timer;
+    uint64_t deployment_started_ns;
+
+    char *settings_text;         /* current settings section as libconfig text; owned */
+    uint64_t config_updated_ns;
+
+    mp_msg_store routes;         /* Marchproxy__Route by route_id */
+    mp_msg_store rate_limits;    /* Marchproxy__RateLimit by limit_id */
+    mp_instance_stats stats;
+
+    mp_health health;            /* last known, refreshed by mp_instance_refresh_health */
+    char health_msg[256];
+    uint64_t started_ns;
+    char last_error[512];        /* last failed reload/create, for GetStatus details */
+
+    int32_t workers_desired;     /* Scale: workers serving it (0 = all) */
+    int32_t scale_min, scale_max;
+    bool shutting_down;
+    bool removed;                /* out of h->instances; freed with its last generation */
+    struct mp_instance *next;
+};
+
+/* A module registered over NLBService.RegisterModule (runs in another process). */
+typedef struct mp_ext_module {
+    char *instance_id;
+    char registration_id[40];   /* UUID */
+    uint64_t registered_ns, last_heartbeat_ns;
+    int32_t interval_s, timeout_s, unhealthy_threshold, healthy_threshold;
+    int missed;                 /* consecutive missed heartbeat intervals */
+    int good;                   /* consecutive heartbeats since it went unhealthy */
+    mp_health reported;         /* what the module says in its heartbeats */
+    bool in_rotation;           /* false after missed heartbeats */
+    /* TriggerScaling asked for this module to scale; handed over (once) in the answer to
+     * its next Heartbeat as should_scale + instructions. */
+    bool scale_pending;
+    int32_t scale_target;       /* wanted instance count; 0 = one step in scale_action */
+    char scale_action[16];      /* "scale_up" | "scale_down" | "set" */
+    struct mp_ext_module *next;
+} mp_ext_module;
+
+typedef struct mp_nlb {
+    mp_msg_store routes;        /* Marchproxy__Route by route_id; owner = target instance */
+    mp_msg_store modules;       /* Marchproxy__ModuleInstance by instance_id (external) */
+    mp_msg_store module_stats;  /* Marchproxy__ModuleStats from heartbeats, by instance_id */
+    mp_msg_store reported;      /* Marchproxy__ModuleMetrics from ReportMetrics */
+    mp_ext_module *ext;         /* heartbeat bookkeeping, one per entry in `modules` */
+    char strategy[32];          /* "round-robin" | "least-conn" | "weighted" */
+    _Atomic uint64_t routed, refused, active_connections;
+    mp_rpc_timer *heartbeat_timer;
+} mp_nlb;
+
+struct mp_host {
+    char *config_path;
+    mp_host_config *cfg;        /* the running config; owned */
+    char *config_text;          /* the bytes it was parsed from (GetNLBConfig); owned */
+    size_t config_text_len;
+    uint64_t config_loaded_ns;
+    mp_rpc_server *rpc;
+    mp_host_api api;            /* the table handed to plugins */
+    mp_plugin_image *images;
+    struct mp_instance *instances; /* in config order */
+    mp_nlb nlb;
+    uint64_t started_ns;
+    uint64_t generation_seq;
+    uint64_t reloads, reload_failures;
+    mp_proc_sampler proc;       /* CPU sampling for stats (control thread) */
+    /* set during a create() so register_rpc knows which generation is being built */
+    mp_generation *creating;
+};
+
+/* ---- lifecycle (host.c) ---- */
+int mp_host_init(mp_host *h, const char *config_path, char *err, size_t err_len);
+/* Re-read the config and plugin_dir and reconcile (reload.c). The summary of what
+ * changed, or every reason something was refused, goes to msg. Returns 0 when
+ * everything requested was applied, -EINVAL/-errno when anything was refused (what
+ * could be applied still was; what failed keeps its old generation). `only_id`
+ * restricts image/instance changes to one instance (NULL = all). */
+int mp_host_reload(mp_host *h, const char *only_id, char *msg, size_t msg_len);
+/* Reconcile against an already parsed config (UpdateNLBConfig). Takes ownership of
+ * cfg on success and on failure. */
+int mp_host_apply_config(mp_host *h, mp_host_config *cfg, const char *only_id, char *msg,
+                         size_t msg_len);
+/* mp_host_apply_config, and on success the running config's text becomes `text`
+ * (malloc'd; taken over in every case). */
+int mp_host_adopt_config(mp_host *h, mp_host_config *cfg, char *text, size_t text_len,
+                         const char *only_id, char *msg, size_t msg_len);
+void mp_host_shutdown(mp_host *h);
+/* Parse `path` into a config plus the exact text it came from (both owned by the
+ * caller); errors as "FILE:LINE: reason". */
+int mp_host_read_config(const char *path, mp_host_config **cfg, char **text, size_t *text_len,
+                        char *err, size_t err_len);
+/* UpdateConfig: validate and apply a new settings section to one running instance
+ * (reconfigure() when the plugin has it, else a new generation of the same image). */
+int mp_host_apply_instance_settings(mp_host *h, struct mp_instance *inst,
+                                    const config_setting_t *settings, char *msg,
+                                    size_t msg_len);
+/* `marchproxy -t`: parse the config, load every plugin in plugin_dir (from a temporary
+ * copy) and have each instance's plugin validate its settings. Nothing is created. */
+int mp_host_check_config(const char *path, char *err, size_t err_len);
+
+/* ---- instances (instance.c) ---- */
+struct mp_instance *mp_host_find_instance(const mp_host *h, const char *id);
+/* "alb, lauradb" — for NOT_FOUND messages. */
+void mp_host_known_ids(const mp_host *h, char *buf, size_t len);
+size_t mp_host_instance_count(const mp_host *h);
+/* Ask the active generation (HEALTHY without a health callback; UNHEALTHY without a
+ * generation; STOPPING while shutting down). */
+void mp_instance_refresh_health(struct mp_instance *inst, bool deep);
+/* The version string of the active generation ("" without one). */
+const char *mp_instance_version(const struct mp_instance *inst);
+mp_generation *mp_instance_find_generation(const struct mp_instance *inst,
+                                           const char *version);
+void mp_instance_stats_reset(struct mp_instance *inst);
+/* Take a reference on a generation for the duration of a call or connection. */
+void mp_generation_ref(mp_generation *g);
+void mp_generation_unref(mp_generation *g); /* may destroy a retired generation */
+/* Retire every generation but `keep`; destroyed as their references drop. */
+void mp_instance_retire_others(struct mp_instance *inst, mp_generation *keep);
+/* After a deployment: `active` takes all new traffic, `standby` (may be NULL) stays
+ * loaded at weight 0 for rollback, every other generation is retired. Ends any
+ * canary or stepwise promotion. */
+void mp_instance_keep(struct mp_instance *inst, mp_generation *active, mp_generation *standby);
+/* Make `g` the one that serves RPCs (rebinds its registered methods). */
+void mp_instance_activate(struct mp_instance *inst, mp_generation *g);
+/* New generation of `inst` from `img` (takes its own image reference) built from
+ * `settings`; not active until mp_instance_activate. */
+int mp_generation_create(struct mp_instance *inst, mp_plugin_image *img,
+                         const mp_config *settings, mp_generation **out, char *err,
+                         size_t err_len);
+struct mp_instance *mp_instance_new(mp_host *h, const char *id, const char *plugin);
+/* Take `inst` out of service: retire its generations; freed when the last is gone. */
+void mp_instance_remove(struct mp_instance *inst);
+
+/* ---- the plugin-facing function table (host_api.c) ---- */
+void mp_host_api_init(mp_host *h, mp_host_api *api);
+
+/* ---- module types ---- */
+/* Wire ModuleType for a plugin's type (storage -> UNSPECIFIED). */
+int mp_wire_module_type(mp_module_type t);
+const char *mp_module_type_name(mp_module_type t); /* "alb", "storage" ... */
+
+/* ---- services (svc_*.c) ---- */
+int mp_svc_module_bind(mp_host *h, char *err, size_t err_len);
+int mp_svc_nlb_bind(mp_host *h, char *err, size_t err_len);
+int mp_svc_health_bind(mp_host *h, char *err, size_t err_len);
+/* NLB bookkeeping that reload and shutdown need. */
+int mp_nlb_init(mp_host *h);
+void mp_nlb_destroy(mp_host *h);
+/* Replace the config-origin routes with the running config's. */
+int mp_nlb_load_config_routes(mp_host *h, char *err, size_t err_len);
+
+#endif

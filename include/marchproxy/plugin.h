@@ -1,0 +1,326 @@
+/*
+ * marchproxy/plugin.h — the MarchProxy plugin ABI, the only header a plugin includes.
+ *
+ * A plugin is a shared object that exports one function, MP_PLUGIN_ENTRY_SYMBOL,
+ * returning a pointer to a static, immutable mp_plugin_descriptor. The host checks
+ * the descriptor (magic, ABI major equal, ABI minor not newer than the host's, struct
+ * size), then drives the plugin through the descriptor's callbacks and hands it a
+ * function table (mp_host_api) for everything it needs from the host. The plugin never
+ * links against host symbols: it is loaded with RTLD_LOCAL.
+ *
+ * Compatibility rules:
+ *  - Every struct that crosses the boundary begins with its own size (struct_size).
+ *    New members are only ever appended; readers check struct_size before touching a
+ *    member that a newer minor added (MP_HAS_MEMBER).
+ *  - abi_major changes only when something is removed or changes meaning.
+ *  - No liburing, gRPC, protobuf-c or libconfig type appears here: opaque handles,
+ *    (pointer, length) buffers and plain C structs only.
+ *
+ * Threads: lifecycle callbacks (validate_config, create, reconfigure, destroy) and the
+ * control-plane callbacks (health, can_handle, stats) run on the host's control thread.
+ * RPC handlers run on the control thread too and may answer later from any thread.
+ *
+ * Ownership: a pointer the host passes into a callback is borrowed for the duration
+ * of that call unless the comment says otherwise. A pointer a plugin passes to the host
+ * is copied by the host before the host function returns unless the comment says
+ * otherwise.
+ */
+#ifndef MARCHPROXY_PLUGIN_H
+#define MARCHPROXY_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MP_PLUGIN_MAGIC 0x4c504d4du /* "MMPL" read as little-endian bytes */
+#define MP_ABI_MAJOR 1
+#define MP_ABI_MINOR 0
+
+/* The one symbol a plugin exports. */
+#define MP_PLUGIN_ENTRY_SYMBOL "mp_plugin_entry"
+
+/* True when a struct of size `size` (its struct_size) contains `member`. */
+#define MP_HAS_MEMBER(type, size, member) \
+    ((size) >= offsetof(type, member) + sizeof(((type *)0)->member))
+
+/* Module types, numbered as marchproxy.ModuleType on the wire. Storage plugins such
+ * as LauraDB have no wire type and use MP_MODULE_STORAGE, which the host reports as
+ * MODULE_TYPE_UNSPECIFIED over gRPC and "storage" in metadata. */
+typedef enum mp_module_type {
+    MP_MODULE_UNSPECIFIED = 0,
+    MP_MODULE_ALB = 1,
+    MP_MODULE_DBLB = 2,
+    MP_MODULE_AILB = 3,
+    MP_MODULE_RTMP = 4,
+    MP_MODULE_NLB = 5,
+    MP_MODULE_STORAGE = 100,
+} mp_module_type;
+
+/* Health, numbered as marchproxy.HealthStatus on the wire. */
+typedef enum mp_health {
+    MP_HEALTH_UNSPECIFIED = 0,
+    MP_HEALTH_HEALTHY = 1,
+    MP_HEALTH_DEGRADED = 2,
+    MP_HEALTH_UNHEALTHY = 3,
+    MP_HEALTH_STARTING = 4,
+    MP_HEALTH_STOPPING = 5,
+    MP_HEALTH_STOPPED = 6,
+} mp_health;
+
+/* Protocols, numbered as marchproxy.Protocol on the wire. */
+typedef enum mp_protocol {
+    MP_PROTO_UNSPECIFIED = 0,
+    MP_PROTO_TCP = 1,
+    MP_PROTO_UDP = 2,
+    MP_PROTO_HTTP = 3,
+    MP_PROTO_HTTPS = 4,
+    MP_PROTO_HTTP2 = 5,
+    MP_PROTO_HTTP3 = 6,
+    MP_PROTO_GRPC = 7,
+    MP_PROTO_WEBSOCKET = 8,
+    MP_PROTO_MYSQL = 9,
+    MP_PROTO_POSTGRES = 10,
+    MP_PROTO_MONGODB = 11,
+    MP_PROTO_REDIS = 12,
+    MP_PROTO_RTMP = 13,
+    MP_PROTO_RTMPS = 14,
+    MP_PROTO_HLS = 15,
+    MP_PROTO_DASH = 16,
+} mp_protocol;
+
+/* gRPC status codes a plugin RPC handler may finish a call with. */
+typedef enum mp_rpc_code {
+    MP_RPC_OK = 0,
+    MP_RPC_CANCELLED = 1,
+    MP_RPC_UNKNOWN = 2,
+    MP_RPC_INVALID_ARGUMENT = 3,
+    MP_RPC_DEADLINE_EXCEEDED = 4,
+    MP_RPC_NOT_FOUND = 5,
+    MP_RPC_ALREADY_EXISTS = 6,
+    MP_RPC_PERMISSION_DENIED = 7,
+    MP_RPC_RESOURCE_EXHAUSTED = 8,
+    MP_RPC_FAILED_PRECONDITION = 9,
+    MP_RPC_ABORTED = 10,
+    MP_RPC_OUT_OF_RANGE = 11,
+    MP_RPC_UNIMPLEMENTED = 12,
+    MP_RPC_INTERNAL = 13,
+    MP_RPC_UNAVAILABLE = 14,
+    MP_RPC_DATA_LOSS = 15,
+    MP_RPC_UNAUTHENTICATED = 16,
+} mp_rpc_code;
+
+typedef enum mp_log_level {
+    MP_LOG_ERROR = 0,
+    MP_LOG_WARN = 1,
+    MP_LOG_INFO = 2,
+    MP_LOG_DEBUG = 3,
+} mp_log_level;
+
+/* Opaque handles. Their lifetimes are stated where they are handed out. */
+typedef struct mp_instance mp_instance; /* host's view of one plugin instance */
+typedef struct mp_config mp_config;     /* a node of the instance's config section */
+typedef struct mp_rpc_call mp_rpc_call; /* one gRPC call to a plugin-registered method */
+
+/* Kinds of config node, as libconfig knows them. */
+typedef enum mp_config_kind {
+    MP_CFG_NONE = 0,
+    MP_CFG_GROUP = 1, /* named children */
+    MP_CFG_LIST = 2,  /* ( a, b ) of any kinds */
+    MP_CFG_ARRAY = 3, /* [ a, b ] of one scalar kind */
+    MP_CFG_INT = 4,   /* 32- or 64-bit integer */
+    MP_CFG_FLOAT = 5,
+    MP_CFG_STRING = 6,
+    MP_CFG_BOOL = 7,
+} mp_config_kind;
+
+/*
+ * An RPC handler for a method the plugin registered with register_rpc. It runs on the
+ * control thread. `request` is borrowed until the handler returns. The handler must
+ * eventually call rpc_finish exactly once, either before returning or later from any
+ * thread; `call` stays valid until then. Unary methods send one message with
+ * rpc_send before finishing with MP_RPC_OK. Streaming methods may send any number.
+ */
+typedef void (*mp_rpc_handler)(void *instance_state, mp_rpc_call *call,
+                               const uint8_t *request, size_t request_len);
+
+/*
+ * The host function table. Passed to every callback that needs it; valid for as long as
+ * the plugin is loaded. Append-only: check struct_size before using a member that a
+ * later minor version added.
+ */
+typedef struct mp_host_api {
+    uint32_t struct_size;
+    uint16_t abi_major;
+    uint16_t abi_minor;
+
+    /* Logging, to the host's log with the instance id prefixed. `inst` may be NULL
+     * (then the plugin name is used). Never pass secrets. */
+    void (*log)(mp_instance *inst, mp_log_level level, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+    /* --- Configuration (read-only view of the instance's section) ---
+     * Nodes are borrowed from the host and valid until the callback that received the
+     * section returns; copy what you keep. Lookup paths are dot-separated
+     * ("upstream.timeout"). */
+    mp_config_kind (*cfg_kind)(const mp_config *node);
+    const mp_config *(*cfg_lookup)(const mp_config *node, const char *path);
+    /* Typed reads: 0 on success, -ENOENT if absent, -EINVAL if of another kind. */
+    int (*cfg_get_int)(const mp_config *node, const char *path, int64_t *out);
+    int (*cfg_get_float)(const mp_config *node, const char *path, double *out);
+    int (*cfg_get_bool)(const mp_config *node, const char *path, int *out);
+    int (*cfg_get_string)(const mp_config *node, const char *path, const char **out);
+    /* Children of a group, list or array. */
+    int (*cfg_count)(const mp_config *node);
+    const mp_config *(*cfg_child)(const mp_config *node, int index);
+    const char *(*cfg_name)(const mp_config *node); /* NULL for list/array elements */
+    int (*cfg_line)(const mp_config *node);          /* 0 when unknown */
+    /* Writes "FILE:LINE: message" for `node` into err; returns -EINVAL so a validator
+     * can `return api->cfg_error(...)`. */
+    int (*cfg_error)(const mp_config *node, char *err, size_t err_len, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+    /* Checks that every child name of the group `node` is in the NULL-terminated
+     * `allowed` list; on the first unknown one writes "FILE:LINE: unknown key 'x'"
+     * and returns -EINVAL. */
+    int (*cfg_check_keys)(const mp_config *node, const char *const *allowed, char *err,
+                          size_t err_len);
+
+    /* --- Extra gRPC services ---
+     * Register a method served by the host's gRPC server, e.g.
+     * "/lauradb.cluster.RouterService/Query". Only valid during create(). The name is
+     * copied. Returns 0, -EEXIST if another instance owns it, -EINVAL if malformed.
+     * Requests and responses are protobuf bytes; the host never parses them. */
+    int (*register_rpc)(mp_instance *inst, const char *full_method, int server_streaming,
+                        mp_rpc_handler handler);
+    /* Queue one response message (copied). Any thread. 0, or -ECANCELED when the client
+     * has gone (stop producing), -EPROTO if a unary call already sent one. */
+    int (*rpc_send)(mp_rpc_call *call, const void *msg, size_t len);
+    /* End the call with a status (message may be NULL). Any thread; exactly once. The
+     * call handle is invalid afterwards. */
+    void (*rpc_finish)(mp_rpc_call *call, mp_rpc_code code, const char *message);
+    /* Nonzero once the client cancelled or its deadline passed. Any thread. */
+    int (*rpc_cancelled)(const mp_rpc_call *call);
+
+    /* --- Statistics (any thread; lock-free) ---
+     * One finished request: latency in microseconds, success flag, bytes each way.
+     * Feeds ModuleService.GetStats/GetMetrics for the instance. */
+    void (*stats_request)(mp_instance *inst, uint64_t latency_us, int ok, uint64_t bytes_in,
+                          uint64_t bytes_out);
+    /* Connection gauge: +1 when one opens, -1 when it closes. */
+    void (*stats_connection)(mp_instance *inst, int delta);
+
+    /* --- Identity --- */
+    const char *(*instance_id)(const mp_instance *inst); /* valid while inst lives */
+    /* The host's state directory for this instance (created on demand, mode 0700).
+     * The string is valid until the next call on the same thread: copy it. NULL if it
+     * cannot be created (the reason is logged). */
+    const char *(*instance_state_dir)(const mp_instance *inst);
+} mp_host_api;
+
+/* What health() reports. The host presets struct_size; the plugin fills the rest. */
+typedef struct mp_health_report {
+    uint32_t struct_size;
+    mp_health status;
+    char message[256];
+} mp_health_report;
+
+/* A route as CanHandle sees it: the wire Route without its maps, plus header pairs.
+ * All strings are borrowed, NUL-terminated, never NULL (empty when unset). */
+typedef struct mp_route_view {
+    uint32_t struct_size;
+    const char *route_id;
+    mp_protocol protocol;
+    const char *source_pattern;
+    const char *destination_pattern;
+    int32_t source_port;
+    int32_t destination_port;
+    const char *path_pattern;
+    int32_t priority;
+    size_t header_count;
+    const char *const *header_names;
+    const char *const *header_values;
+} mp_route_view;
+
+typedef struct mp_can_handle_result {
+    uint32_t struct_size;
+    int can_handle;
+    int32_t priority;
+    char reason[256];
+} mp_can_handle_result;
+
+/* Plugin-specific counters shown in ModuleStats.custom_stats. The plugin calls `add`
+ * once per counter; name and value are copied. */
+typedef struct mp_stats_sink {
+    uint32_t struct_size;
+    void *ctx;
+    void (*add)(void *ctx, const char *name, const char *value);
+} mp_stats_sink;
+
+/*
+ * The descriptor. Static and immutable in the plugin; the host reads it once per load.
+ * Optional callbacks may be NULL.
+ */
+typedef struct mp_plugin_descriptor {
+    uint32_t magic;       /* MP_PLUGIN_MAGIC */
+    uint16_t abi_major;   /* MP_ABI_MAJOR the plugin was built with */
+    uint16_t abi_minor;   /* MP_ABI_MINOR the plugin was built with */
+    uint32_t struct_size; /* sizeof(mp_plugin_descriptor) as the plugin saw it */
+    const char *name;     /* [a-z0-9_-]{1,32}; the default instance id */
+    const char *version;  /* free-form, e.g. "1.2.0" */
+    mp_module_type module_type;
+
+    /* Check an instance's config section without side effects. `section` is a group
+     * (possibly empty). Return 0, or negative errno with a reason in err (use
+     * cfg_error so the reason carries FILE:LINE). Required. */
+    int (*validate_config)(const mp_host_api *api, const mp_config *section, char *err,
+                           size_t err_len);
+
+    /* Build an instance from a validated section. On success store the instance state
+     * in *state (owned by the plugin until destroy) and return 0. On failure return
+     * negative errno with a reason; the host carries on without this instance. Required.
+     */
+    int (*create)(const mp_host_api *api, mp_instance *inst, const mp_config *section,
+                  void **state, char *err, size_t err_len);
+
+    /* Release everything create() made. Called once, after the last call into the
+     * instance has returned. Required. */
+    void (*destroy)(void *state);
+
+    /* Apply a new, already validated section to a live instance. Optional: without it
+     * a config change needs a reload (a new generation). */
+    int (*reconfigure)(void *state, const mp_config *section, char *err, size_t err_len);
+
+    /* Fill *out with the instance's current health. `deep` asks for the expensive
+     * checks (upstreams, disk). Optional: without it the instance is HEALTHY. */
+    void (*health)(void *state, int deep, mp_health_report *out);
+
+    /* The module's own verdict on a route. Optional: without it the host decides from
+     * the module's routes alone. */
+    void (*can_handle)(void *state, const mp_route_view *route, mp_can_handle_result *out);
+
+    /* Add plugin-specific counters. Optional. */
+    void (*custom_stats)(void *state, const mp_stats_sink *sink);
+} mp_plugin_descriptor;
+
+/* The entry point's type. The returned pointer must stay valid while loaded. */
+typedef const mp_plugin_descriptor *(*mp_plugin_entry_fn)(void);
+
+/* The entry point every plugin defines (with MP_PLUGIN_DEFINE). */
+const mp_plugin_descriptor *mp_plugin_entry(void);
+
+/* Plugins define their entry with this macro so the symbol name and visibility are
+ * right: MP_PLUGIN_DEFINE(my_descriptor); */
+#define MP_PLUGIN_DEFINE(descriptor_var)                                         \
+    __attribute__((visibility("default"))) const mp_plugin_descriptor *          \
+    mp_plugin_entry(void)                                                        \
+    {                                                                            \
+        return &(descriptor_var);                                                \
+    }
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MARCHPROXY_PLUGIN_H */
