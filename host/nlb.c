@@ -2,7 +2,8 @@
  * nlb.c — the NLB's bookkeeping outside any one RPC: its stores (routing table,
  * external modules, their stats and reported metrics), the heartbeat watchdog that
  * takes silent external modules out of rotation, and loading the config file's routes
- * into the table. svc_nlb.c serves the RPCs over the same state.
+ * into the table. svc_nlb.c serves the RPCs over the same state. The same tick keeps
+ * the in-process instances' health current for routing.
  *
  * Liveness is measured in whole missed intervals since the last heartbeat; a module
  * comes back only through heartbeats (svc_nlb.c counts them), never by the watchdog.
@@ -48,12 +49,24 @@ static void check_heartbeats(mp_host *h, uint64_t now)
     }
 }
 
+/* Routing judges in-process instances by their last refreshed health (it never waits on
+ * a probe), so that word must not go stale: without this, a plugin whose health changed
+ * (on its own, or through a reconfigure, which does not re-ask) kept its old standing in
+ * RouteRequest until some unrelated RPC happened to refresh it. A shallow check is the
+ * cheap one plugins answer from memory. */
+static void refresh_instances(mp_host *h)
+{
+    for (struct mp_instance *inst = h->instances; inst; inst = inst->next)
+        mp_instance_refresh_health(inst, false);
+}
+
 /* Runs on the control thread; the timer handle is spent once we are called. */
 static void heartbeat_tick(void *arg)
 {
     mp_host *h = arg;
     h->nlb.heartbeat_timer = NULL;
     check_heartbeats(h, mp_wall_ns());
+    refresh_instances(h);
     if (!mp_rpc_server_stopping(h->rpc))
         arm_watchdog(h);
 }

@@ -10,6 +10,7 @@
  * response's success/error fields. Every handler runs on the control thread, so stored
  * messages may be borrowed into a response: it is packed before anything can change.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
 #include <openssl/evp.h>
@@ -233,7 +234,9 @@ static int check_address(const char *s, char *why, size_t why_len)
         }
         memcpy(v6, s + 1, hn);
         v6[hn] = '\0';
-        if (!mp_route_ip_valid(v6) || strchr(v6, '.') == v6) {
+        struct in6_addr a6;
+        /* Brackets are for IPv6 only: "[10.0.0.1]:80" is not an address anyone dials. */
+        if (inet_pton(AF_INET6, v6, &a6) != 1) {
             snprintf(why, why_len, "'%s': '%s' is not an IPv6 address", s, v6);
             return -EINVAL;
         }
@@ -882,6 +885,13 @@ static mp_rpc_code h_update_routing(mp_pb_call *pc, const void *vreq, void *vres
             add_str(a, &bad.v, &bad.n,
                     mp_arena_printf(a, "route '%s': registered by module '%s'", r->route_id,
                                     nz(it->owner)));
+        } else if (it->origin == MP_ORIGIN_MODULE && strcmp(t, source) != 0) {
+            /* A module route's owner is also its target: aimed elsewhere it would outlive
+             * the module's unregistration and belong to the new target instead. */
+            add_str(a, &bad.v, &bad.n,
+                    mp_arena_printf(a, "route '%s': a route registered by module '%s' can "
+                                    "only target that module, not '%s'", r->route_id, source,
+                                    t));
         }
     }
     if (bad.n) {
@@ -1257,12 +1267,37 @@ static Marchproxy__ModuleMetrics *ext_metrics(mp_arena *a, mp_host *h, const cha
     return m;
 }
 
+/* An in-process instance's live metrics plus what was reported for it over ReportMetrics
+ * (accepted for in-process ids too); a reported point never hides a live one of the
+ * same name. */
+static Marchproxy__ModuleMetrics *inproc_metrics(mp_arena *a, mp_host *h, mp_instance *inst,
+                                                 char *const *names, size_t n_names)
+{
+    Marchproxy__ModuleMetrics *m = mp_view_module_metrics(a, inst, names, n_names);
+    mp_msg_item *it = mp_msg_store_find(&h->nlb.reported, inst->id);
+    if (!it)
+        return m;
+    const Marchproxy__ModuleMetrics *src = (const Marchproxy__ModuleMetrics *)it->msg;
+    size_t live = m->n_metrics;
+    for (size_t i = 0; i < src->n_metrics; i++) {
+        const Marchproxy__MetricDataPoint *p = src->metrics[i];
+        if (!p || !name_wanted(names, n_names, nz(p->name)))
+            continue;
+        bool shadowed = false;
+        for (size_t j = 0; j < live && !shadowed; j++)
+            shadowed = strcmp(nz(m->metrics[j]->name), nz(p->name)) == 0;
+        if (!shadowed)
+            mp_pb_append(a, &m->metrics, &m->n_metrics, (void *)p);
+    }
+    return m;
+}
+
 static void module_metrics_map(mp_arena *a, mp_host *h, char *const *names, size_t n_names,
                                const ProtobufCMessageDescriptor *entry_desc, void *arr,
                                size_t *n)
 {
     for (mp_instance *inst = h->instances; inst; inst = inst->next) {
-        Marchproxy__ModuleMetrics *m = mp_view_module_metrics(a, inst, names, n_names);
+        Marchproxy__ModuleMetrics *m = inproc_metrics(a, h, inst, names, n_names);
         mp_pb_map_add_msg(a, entry_desc, arr, n, inst->id, &m->base);
     }
     for (const mp_ext_module *e = h->nlb.ext; e; e = e->next) {
@@ -1297,7 +1332,7 @@ static mp_rpc_code h_get_module_metrics(mp_pb_call *pc, const void *vreq, void *
         return mp_pb_fail(pc, MP_RPC_INVALID_ARGUMENT, "instance_id is required");
     mp_instance *inst = mp_host_find_instance(h, id);
     if (inst) {
-        resp->metrics = mp_view_module_metrics(a, inst, req->metric_names, req->n_metric_names);
+        resp->metrics = inproc_metrics(a, h, inst, req->metric_names, req->n_metric_names);
     } else if (find_ext(h, id)) {
         resp->metrics = ext_metrics(a, h, id, req->metric_names, req->n_metric_names);
     } else {

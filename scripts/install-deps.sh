@@ -14,4 +14,4 @@ apt-get install -y -q --no-install-recommends \
     libconfig-dev liburing-dev libssl-dev \
     protobuf-compiler protobuf-compiler-grpc \
     python3 python3-grpcio python3-protobuf python3-pytest \
-    ca-certificates curl
+    ca-certificates curl openssl
