@@ -20,6 +20,7 @@
 
 #include "config_view.h"
 #include "marchproxy/plugin.h"
+#include "netaddr.h"
 
 #define MAX_LISTENERS 256
 #define MAX_ROUTES 10000
@@ -183,34 +184,10 @@ static bool same_sockaddr(const struct sockaddr_storage *a, unsigned alen,
 
 static int check_cidr(const char *text)
 {
-    const char *slash = strchr(text, '/');
-    if (!slash || slash == text)
-        return -EINVAL;
-    char ip[INET6_ADDRSTRLEN];
-    size_t n = (size_t)(slash - text);
-    if (n >= sizeof(ip))
-        return -EINVAL;
-    memcpy(ip, text, n);
-    ip[n] = '\0';
-    unsigned char buf[sizeof(struct in6_addr)];
-    unsigned max;
-    if (inet_pton(AF_INET, ip, buf) == 1)
-        max = 32;
-    else if (inet_pton(AF_INET6, ip, buf) == 1)
-        max = 128;
-    else
-        return -EINVAL;
-    const char *p = slash + 1;
-    unsigned len = 0;
-    size_t digits = 0;
-    for (; *p; p++, digits++) {
-        if (*p < '0' || *p > '9' || digits >= 3)
-            return -EINVAL;
-        len = len * 10 + (unsigned)(*p - '0');
-    }
-    if (digits == 0 || len > max)
-        return -EINVAL;
-    return 0;
+    uint8_t net[16];
+    unsigned bits;
+    char why[128];
+    return mp_cidr_parse(text, true, net, &bits, why, sizeof(why));
 }
 
 /* ------------------------------------------------------------------ loader state */
@@ -534,10 +511,13 @@ static int load_modules(loader *ld, const config_setting_t *grp, const char *whe
     return 0;
 }
 
+static int get_protocol(loader *ld, const config_setting_t *e, const char *where, int *out);
+
 static int load_listeners(loader *ld, const config_setting_t *root)
 {
     static const char *const keys[] = {"name",           "address",          "modules",
-                                       "default_module", "sniff_timeout_ms", NULL};
+                                       "default_module", "sniff_timeout_ms", "protocol",
+                                       NULL};
     mp_host_config *cfg = ld->cfg;
     const config_setting_t *list = section(root, "listeners");
     int rc;
@@ -574,7 +554,8 @@ static int load_listeners(loader *ld, const config_setting_t *root)
             (rc = load_modules(ld, e, where, l)) < 0 ||
             (rc = dup_str(ld, e, where, "default_module", false, &l->default_module)) < 0 ||
             (rc = get_int(ld, e, where, "sniff_timeout_ms", 1, 600000,
-                          &l->sniff_timeout_ms)) < 0)
+                          &l->sniff_timeout_ms)) < 0 ||
+            (rc = get_protocol(ld, e, where, &l->protocol)) < 0)
             goto out;
         const config_setting_t *ns = config_setting_get_member(e, "name");
         const config_setting_t *as = config_setting_get_member(e, "address");
@@ -626,6 +607,25 @@ static void protocol_list(char *buf, size_t len)
         snprintf(buf + off, len - off, " (or any)");
 }
 
+/* An optional "protocol" name key; *out stays 0 (any) when absent. */
+static int get_protocol(loader *ld, const config_setting_t *e, const char *where, int *out)
+{
+    const char *proto = NULL;
+    const config_setting_t *ps;
+    int rc = get_str(ld, e, where, "protocol", false, &proto, &ps);
+    if (rc < 0 || !proto)
+        return rc;
+    *out = mp_protocol_from_name(proto);
+    if (*out < 0) {
+        char names[256];
+        protocol_list(names, sizeof(names));
+        return mp_config_error(ps, ld->err, ld->err_len,
+                               "%s.protocol: unknown protocol '%s' (valid: %s)", where, proto,
+                               names);
+    }
+    return 0;
+}
+
 static int load_routes(loader *ld, const config_setting_t *root)
 {
     static const char *const keys[] = {"id",   "protocol", "source", "destination",
@@ -656,12 +656,10 @@ static int load_routes(loader *ld, const config_setting_t *root)
         cfg->n_routes++;
         r->line = (int)config_setting_source_line(e);
         int64_t port = 0, priority = 0;
-        const char *proto = NULL;
-        const config_setting_t *ps;
         if ((rc = need_type(ld, e, CONFIG_TYPE_GROUP, where, "a group")) < 0 ||
             (rc = check_keys(ld, e, keys, where)) < 0 ||
             (rc = dup_str(ld, e, where, "id", true, &r->id)) < 0 ||
-            (rc = get_str(ld, e, where, "protocol", false, &proto, &ps)) < 0 ||
+            (rc = get_protocol(ld, e, where, &r->protocol)) < 0 ||
             (rc = dup_str(ld, e, where, "source", false, &r->source)) < 0 ||
             (rc = dup_str(ld, e, where, "destination", false, &r->destination)) < 0 ||
             (rc = get_int(ld, e, where, "destination_port", 0, 65535, &port)) < 0 ||
@@ -671,16 +669,6 @@ static int load_routes(loader *ld, const config_setting_t *root)
             return rc;
         r->destination_port = (int32_t)port;
         r->priority = (int32_t)priority;
-        if (proto) {
-            r->protocol = mp_protocol_from_name(proto);
-            if (r->protocol < 0) {
-                char names[256];
-                protocol_list(names, sizeof(names));
-                return mp_config_error(ps, ld->err, ld->err_len,
-                                       "%s.protocol: unknown protocol '%s' (valid: %s)", where,
-                                       proto, names);
-            }
-        }
         if (r->source && check_cidr(r->source) < 0)
             return mp_config_error(config_setting_get_member(e, "source"), ld->err,
                                    ld->err_len,

@@ -37,6 +37,9 @@ typedef struct mp_listener_cfg {
     size_t n_modules;
     char *default_module; /* for server-first protocols (MySQL); NULL if none */
     int64_t sniff_timeout_ms; /* default 5000 */
+    int protocol;         /* marchproxy.Protocol the listener is bound to; 0 = sniff.
+                           * Server-first protocols (mysql) need it: their clients wait
+                           * for the server to speak. */
     int line;
 } mp_listener_cfg;
 

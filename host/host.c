@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dp.h"
 #include "host.h"
 #include "log.h"
 #include "pb_util.h"
@@ -35,10 +36,23 @@ static void clean_plugin_cache(const char *dir)
     closedir(d);
 }
 
+/* Calls that only read leave the routing snapshot alone; anything else may have
+ * changed routes, limits, weights or registrations. */
+static void after_call(void *arg, const char *method)
+{
+    static const char *const readers[] = {"Get", "List", "Check", "Health", "Validate",
+                                          "CanHandle", "RouteRequest", "ReportMetrics", NULL};
+    for (const char *const *r = readers; *r; r++)
+        if (strncmp(method, *r, strlen(*r)) == 0)
+            return;
+    mp_host_touch(arg);
+}
+
 int mp_host_init(mp_host *h, const char *config_path, char *err, size_t err_len)
 {
     memset(h, 0, sizeof(*h));
     h->started_ns = mp_wall_ns();
+    h->drain_override_ms = -1;
     h->config_path = strdup(config_path);
     if (!h->config_path)
         return -ENOMEM;
@@ -88,6 +102,13 @@ int mp_host_init(mp_host *h, const char *config_path, char *err, size_t err_len)
     else
         mp_info("plugins: %s", msg);
 
+    /* Workers (and their listening sockets) before the control plane answers, so a
+     * client that sees SERVING can connect to the listeners. */
+    if ((rc = dp_workers_start(h, err, err_len)) < 0)
+        return rc;
+    dp_start_publisher(h);
+    mp_pb_set_after_unary(after_call, h);
+
     rc = mp_rpc_server_start(h->rpc, err, err_len);
     if (rc < 0)
         return rc;
@@ -95,8 +116,22 @@ int mp_host_init(mp_host *h, const char *config_path, char *err, size_t err_len)
     return 0;
 }
 
+void mp_host_stop_accepting(mp_host *h)
+{
+    for (int i = 0; i < h->n_workers; i++)
+        dp_worker_post(&h->workers[i], MSG_STOP_ACCEPT, NULL);
+}
+
+void mp_host_stop_traffic(mp_host *h, int drain_ms)
+{
+    dp_workers_stop(h, drain_ms);
+    if (h->rpc)
+        dp_stop_publisher(h);
+}
+
 void mp_host_shutdown(mp_host *h)
 {
+    mp_host_stop_traffic(h, 0);
     while (h->instances)
         mp_instance_remove(h->instances);
     if (h->rpc)

@@ -31,6 +31,7 @@
 #define MP_MAX_EXTERNAL_MODULES 1024
 #define MP_MAX_RPC_PER_GENERATION 64
 #define MP_VERSION_LEN 96
+#define MP_MAX_WORKERS 256
 
 typedef struct mp_host mp_host;
 typedef struct mp_plugin_image mp_plugin_image;
@@ -73,6 +74,7 @@ typedef struct mp_instance_stats {
     mp_histogram latency;
     _Atomic uint64_t requests, ok, failed, bytes_in, bytes_out, conns_total;
     _Atomic int64_t conns_active;
+    _Atomic uint64_t drained_forced; /* closed because their generation's drain ran out */
     _Atomic uint64_t since_ns; /* last reset */
 } mp_instance_stats;
 
@@ -110,6 +112,7 @@ struct mp_instance {
     int32_t scale_min, scale_max;
     bool shutting_down;
     bool removed;                /* out of h->instances; freed with its last generation */
+    void *worker_slots[MP_MAX_WORKERS]; /* mp_host_api.worker_slot, one per worker */
     struct mp_instance *next;
 };
 
@@ -159,6 +162,15 @@ struct mp_host {
     mp_proc_sampler proc;       /* CPU sampling for stats (control thread) */
     /* set during a create() so register_rpc knows which generation is being built */
     mp_generation *creating;
+
+    /* the data plane (worker.c, dp_snapshot.c) */
+    struct mp_worker *workers;
+    int n_workers;
+    struct dp_snapshot *dp_snap;  /* the newest published snapshot (control's ref) */
+    bool dp_dirty;                /* control-plane state changed since it was built */
+    mp_rpc_timer *dp_timer;
+    struct dp_drain *draining;    /* retired generations with live connections */
+    int64_t drain_override_ms;    /* set by a Reload/Shutdown RPC for its duration; -1 */
 };
 
 /* ---- lifecycle (host.c) ---- */
@@ -178,6 +190,11 @@ int mp_host_apply_config(mp_host *h, mp_host_config *cfg, const char *only_id, c
 int mp_host_adopt_config(mp_host *h, mp_host_config *cfg, char *text, size_t text_len,
                          const char *only_id, char *msg, size_t msg_len);
 void mp_host_shutdown(mp_host *h);
+/* Stop accepting, let connections finish for up to drain_ms, close the rest and stop
+ * the workers. Idempotent; mp_host_shutdown calls it with 0. */
+void mp_host_stop_traffic(mp_host *h, int drain_ms);
+/* Ask every worker to stop accepting (any thread). */
+void mp_host_stop_accepting(mp_host *h);
 /* Parse `path` into a config plus the exact text it came from (both owned by the
  * caller); errors as "FILE:LINE: reason". */
 int mp_host_read_config(const char *path, mp_host_config **cfg, char **text, size_t *text_len,
@@ -190,6 +207,12 @@ int mp_host_apply_instance_settings(mp_host *h, struct mp_instance *inst,
 /* `marchproxy -t`: parse the config, load every plugin in plugin_dir (from a temporary
  * copy) and have each instance's plugin validate its settings. Nothing is created. */
 int mp_host_check_config(const char *path, char *err, size_t err_len);
+
+/* Mark the control-plane state changed: the data plane gets a new routing snapshot
+ * within 50 ms (dp_snapshot.c). */
+void mp_host_touch(mp_host *h);
+/* Close what is left of generations whose drain time ran out (control thread). */
+void mp_host_drain_due(mp_host *h);
 
 /* ---- instances (instance.c) ---- */
 struct mp_instance *mp_host_find_instance(const mp_host *h, const char *id);

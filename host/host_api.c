@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "config_view.h"
+#include "dp.h"
 #include "host.h"
 #include "log.h"
 
@@ -121,4 +122,5 @@ void mp_host_api_init(mp_host *h, mp_host_api *api)
     api->stats_connection = api_stats_connection;
     api->instance_id = api_instance_id;
     api->instance_state_dir = api_instance_state_dir;
+    dp_conn_fill_api(api);
 }

@@ -12,7 +12,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "dp.h"
 #include "host.h"
 #include "log.h"
 #include "marchproxy/module.pb-c.h"
@@ -107,9 +109,12 @@ void mp_instance_refresh_health(struct mp_instance *inst, bool deep)
         inst->health = MP_HEALTH_HEALTHY;
         snprintf(inst->health_msg, sizeof(inst->health_msg), "running");
     }
-    if (before != inst->health && before != MP_HEALTH_UNSPECIFIED)
-        mp_logf(MP_LOG_INFO, inst->id, "health %d -> %d (%s)", (int)before, (int)inst->health,
-                inst->health_msg);
+    if (before != inst->health) {
+        mp_host_touch(inst->host); /* routing takes traffic away or brings it back */
+        if (before != MP_HEALTH_UNSPECIFIED)
+            mp_logf(MP_LOG_INFO, inst->id, "health %d -> %d (%s)", (int)before,
+                    (int)inst->health, inst->health_msg);
+    }
 }
 
 void mp_instance_stats_reset(struct mp_instance *inst)
@@ -161,10 +166,70 @@ static void instance_free(struct mp_instance *inst)
 
 /* ------------------------------------------------------------------ generations */
 
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Connections keep a retired generation alive until they end or the drain bound
+ * (the Reload/Shutdown request's timeout, else drain_timeout_ms) runs out. */
+static void drain_schedule(mp_generation *g)
+{
+    mp_host *h = g->inst->host;
+    if (!h->n_workers || atomic_load(&g->refs) == 0)
+        return;
+    int64_t ms = h->drain_override_ms >= 0 ? h->drain_override_ms
+                                            : (h->cfg ? h->cfg->drain_timeout_ms : 0);
+    dp_drain *d = calloc(1, sizeof(*d));
+    if (!d)
+        return;
+    d->g = g;
+    d->deadline_ms = mono_ms() + (uint64_t)ms;
+    d->next = h->draining;
+    h->draining = d;
+}
+
+static void drain_forget(mp_generation *g)
+{
+    mp_host *h = g->inst->host;
+    for (dp_drain **pp = &h->draining; *pp; pp = &(*pp)->next)
+        if ((*pp)->g == g) {
+            dp_drain *d = *pp;
+            *pp = d->next;
+            free(d);
+            return;
+        }
+}
+
+void mp_host_drain_due(mp_host *h)
+{
+    uint64_t now = mono_ms();
+    for (dp_drain **pp = &h->draining; *pp;) {
+        dp_drain *d = *pp;
+        if (d->deadline_ms > now) {
+            pp = &d->next;
+            continue;
+        }
+        *pp = d->next;
+        mp_logf(MP_LOG_INFO, d->g->inst->id,
+                "generation %s: drain time is up, closing its %d remaining connection(s)",
+                d->g->version, atomic_load(&d->g->refs));
+        for (int i = 0; i < h->n_workers; i++) {
+            mp_generation_ref(d->g); /* the message's; the worker drops it */
+            if (dp_worker_post(&h->workers[i], MSG_DRAIN_GEN, d->g) < 0)
+                mp_generation_unref(d->g);
+        }
+        free(d);
+    }
+}
+
 static void generation_destroy(mp_generation *g)
 {
     struct mp_instance *inst = g->inst;
     mp_host *h = inst->host;
+    drain_forget(g);
     mp_logf(MP_LOG_INFO, inst->id, "generation %s destroyed", g->version);
     if (g->state)
         g->image->desc->destroy(g->state);
@@ -214,6 +279,8 @@ static void generation_retire(mp_generation *g)
     g->weight = 0;
     mp_logf(MP_LOG_INFO, g->inst->id, "generation %s retired (%d reference(s) left)",
             g->version, atomic_load(&g->refs));
+    mp_host_touch(g->inst->host); /* new connections stop going to it */
+    drain_schedule(g);
     maybe_destroy(g, true);
 }
 

@@ -63,7 +63,9 @@ static void *signal_thread(void *arg)
         if (sig == SIGTERM || sig == SIGINT) {
             int grace = (int)(s->host->cfg->drain_timeout_ms < 5000 ? s->host->cfg->drain_timeout_ms
                                                                     : 5000);
-            mp_info("%s: stopping (in-flight calls get %d ms)", strsignal(sig), grace);
+            mp_info("%s: stopping; open connections get %lld ms to finish", strsignal(sig),
+                    (long long)s->host->cfg->drain_timeout_ms);
+            mp_host_stop_accepting(s->host);
             mp_rpc_server_stop(s->host->rpc, grace);
             return NULL;
         }
@@ -144,6 +146,7 @@ int main(int argc, char **argv)
 
     pthread_kill(sig_tid, SIGUSR1); /* harmless if it already returned */
     pthread_join(sig_tid, NULL);
+    mp_host_stop_traffic(&host, (int)host.cfg->drain_timeout_ms);
     mp_host_shutdown(&host);
     grpc_shutdown();
     mp_info("stopped");

@@ -45,8 +45,17 @@ static const char *key_of(const mp_msg_store *s, const ProtobufCMessage *m)
     return k ? k : "";
 }
 
+static void item_drop_aux(mp_msg_item *it)
+{
+    if (it->aux && it->aux_free)
+        it->aux_free(it->aux);
+    it->aux = NULL;
+    it->aux_free = NULL;
+}
+
 static void item_free(mp_msg_item *it)
 {
+    item_drop_aux(it);
     protobuf_c_message_free_unpacked(it->msg, NULL);
     free(it->owner);
     free(it);
@@ -86,6 +95,7 @@ int mp_msg_store_put(mp_msg_store *s, const ProtobufCMessage *msg, const char *o
     uint64_t now = mp_wall_ns();
     if (at >= 0) {
         mp_msg_item *it = s->items[at];
+        item_drop_aux(it);
         protobuf_c_message_free_unpacked(it->msg, NULL);
         free(it->owner);
         it->msg = copy;

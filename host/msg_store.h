@@ -23,6 +23,9 @@ typedef struct mp_msg_item {
     mp_origin origin;
     uint64_t created_ns, updated_ns, used_ns;
     uint64_t seq;          /* insertion order */
+    void *aux;             /* derived state (e.g. a compiled rate limiter); dropped with
+                            * aux_free whenever the message is replaced or removed */
+    void (*aux_free)(void *aux);
 } mp_msg_item;
 
 typedef struct mp_msg_store {

@@ -42,6 +42,7 @@ static void check_heartbeats(mp_host *h, uint64_t now)
         if (m->in_rotation && m->missed >= m->unhealthy_threshold) {
             m->in_rotation = false;
             m->good = 0;
+            mp_host_touch(h);
             mp_warn("NLB: module %s missed %d heartbeats (every %d s): out of rotation until "
                     "%d consecutive heartbeats arrive",
                     m->instance_id, m->missed, m->interval_s, m->healthy_threshold);

@@ -9,6 +9,8 @@
  */
 #include "route_match.h"
 
+#include "netaddr.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -16,88 +18,17 @@
 #include <string.h>
 #include <strings.h>
 
-/* ------------------------------------------------------------------ addresses */
+#include "netaddr.h"
 
-/* Parse one address into the mapped 16-byte form. */
-static int parse_ip16(const char *s, uint8_t out[16], bool *is_v4)
-{
-    struct in_addr a4;
-    struct in6_addr a6;
-    if (inet_pton(AF_INET, s, &a4) == 1) {
-        memset(out, 0, 10);
-        out[10] = 0xff;
-        out[11] = 0xff;
-        memcpy(out + 12, &a4, 4);
-        *is_v4 = true;
-        return 0;
-    }
-    if (inet_pton(AF_INET6, s, &a6) == 1) {
-        memcpy(out, &a6, 16);
-        *is_v4 = false;
-        return 0;
-    }
-    return -EINVAL;
-}
+/* ------------------------------------------------------------------ addresses */
 
 bool mp_route_ip_valid(const char *text)
 {
     uint8_t ip[16];
     bool v4;
-    return text && parse_ip16(text, ip, &v4) == 0;
+    return text && mp_ip_parse(text, ip, &v4) == 0;
 }
 
-/* "10.0.0.0/8", "::1/128" or a bare address (a host route). `prefix` is over the
- * mapped 128-bit form. Host bits beyond the prefix are allowed and ignored, as the
- * config loader allows them. On failure `why` says what is wrong. */
-static int parse_cidr(const char *s, uint8_t net[16], unsigned *prefix, char *why,
-                      size_t why_len)
-{
-    char ip[INET6_ADDRSTRLEN + 1];
-    const char *slash = strchr(s, '/');
-    size_t n = slash ? (size_t)(slash - s) : strlen(s);
-    bool v4;
-    if (n == 0 || n >= sizeof(ip)) {
-        snprintf(why, why_len, "is not \"*\", an IP address or a CIDR");
-        return -EINVAL;
-    }
-    memcpy(ip, s, n);
-    ip[n] = '\0';
-    if (parse_ip16(ip, net, &v4) < 0) {
-        snprintf(why, why_len, "is not \"*\", an IP address or a CIDR");
-        return -EINVAL;
-    }
-    unsigned max = v4 ? 32 : 128;
-    unsigned len = max;
-    if (slash) {
-        const char *p = slash + 1;
-        size_t digits = 0;
-        len = 0;
-        for (; *p; p++, digits++) {
-            if (*p < '0' || *p > '9' || digits >= 3) {
-                digits = 0;
-                break;
-            }
-            len = len * 10 + (unsigned)(*p - '0');
-        }
-        if (digits == 0 || len > max) {
-            snprintf(why, why_len, "prefix must be 0..%u", max);
-            return -EINVAL;
-        }
-    }
-    *prefix = v4 ? 96 + len : len;
-    return 0;
-}
-
-static bool prefix_equal(const uint8_t a[16], const uint8_t b[16], unsigned bits)
-{
-    unsigned whole = bits / 8, rest = bits % 8;
-    if (memcmp(a, b, whole) != 0)
-        return false;
-    if (rest == 0)
-        return true;
-    uint8_t mask = (uint8_t)(0xffu << (8 - rest));
-    return (a[whole] & mask) == (b[whole] & mask);
-}
 
 /* ------------------------------------------------------------------ validation */
 
@@ -262,10 +193,10 @@ size_t mp_route_validate_all(const Marchproxy__Route *r, mp_route_problem_fn fn,
     if (*src && strcmp(src, "*") != 0) {
         uint8_t net[16];
         unsigned prefix;
-        char why[64];
-        if (parse_cidr(src, net, &prefix, why, sizeof(why)) < 0) {
+        char why[128];
+        if (mp_cidr_parse(src, false, net, &prefix, why, sizeof(why)) < 0) {
             printable(src, shown, sizeof(shown), 64);
-            problem(&p, "source_pattern '%s' %s", shown, why);
+            problem(&p, "source_pattern '%s': %s", shown, why);
         }
     }
     check_destination(&p, str_or_empty(r->destination_pattern));
@@ -378,14 +309,14 @@ static bool source_matches(const char *pattern, const char *client)
     uint8_t net[16], ip[16];
     unsigned prefix;
     bool v4;
-    char why[64];
+    char why[128];
     if (!client || !*client)
         return false;
-    if (parse_cidr(pattern, net, &prefix, why, sizeof(why)) < 0)
+    if (mp_cidr_parse(pattern, false, net, &prefix, why, sizeof(why)) < 0)
         return false;
-    if (parse_ip16(client, ip, &v4) < 0)
+    if (mp_ip_parse(client, ip, &v4) < 0)
         return false;
-    return prefix_equal(net, ip, prefix);
+    return mp_ip_in_net(ip, net, prefix);
 }
 
 /* A fully qualified name may end in a dot; "example.com." and "example.com" are the
@@ -459,4 +390,44 @@ bool mp_route_entry_matches(const Marchproxy__Route *e, const mp_route_request *
             return false;
     }
     return true;
+}
+
+int mp_route_field(const Marchproxy__Route *r, const char *field, char *buf, size_t len)
+{
+    if (!strcmp(field, "route_id"))
+        snprintf(buf, len, "%s", str_or_empty(r->route_id));
+    else if (!strcmp(field, "protocol"))
+        snprintf(buf, len, "%d", (int)r->protocol);
+    else if (!strcmp(field, "source_pattern"))
+        snprintf(buf, len, "%s", str_or_empty(r->source_pattern));
+    else if (!strcmp(field, "destination_pattern"))
+        snprintf(buf, len, "%s", str_or_empty(r->destination_pattern));
+    else if (!strcmp(field, "source_port"))
+        snprintf(buf, len, "%d", (int)r->source_port);
+    else if (!strcmp(field, "destination_port"))
+        snprintf(buf, len, "%d", (int)r->destination_port);
+    else if (!strcmp(field, "path_pattern"))
+        snprintf(buf, len, "%s", str_or_empty(r->path_pattern));
+    else if (!strcmp(field, "priority"))
+        snprintf(buf, len, "%d", (int)r->priority);
+    else
+        return -ENOENT;
+    return 0;
+}
+
+void mp_route_view_from_request(const mp_route_request *q, const char *route_id,
+                                int32_t priority, mp_route_view *v)
+{
+    memset(v, 0, sizeof(*v));
+    v->struct_size = sizeof(*v);
+    v->route_id = route_id ? route_id : "";
+    v->protocol = (mp_protocol)q->protocol;
+    v->source_pattern = q->source_ip ? q->source_ip : "";
+    v->destination_pattern = q->host ? q->host : "";
+    v->destination_port = q->dst_port;
+    v->path_pattern = q->path ? q->path : "";
+    v->priority = priority;
+    v->header_count = q->n_headers;
+    v->header_names = q->header_names;
+    v->header_values = q->header_values;
 }

@@ -64,17 +64,23 @@ bool mp_route_ip_valid(const char *text);
  * fields — for refusal messages. */
 void mp_route_request_describe(const mp_route_request *q, char *buf, size_t len);
 
+/* The text of a Route field for Query filters and sorting (route_id, protocol,
+ * source_pattern, destination_pattern, source_port, destination_port, path_pattern,
+ * priority); -ENOENT for other names. */
+int mp_route_field(const Marchproxy__Route *r, const char *field, char *buf, size_t len);
+
 /* Lower-case protocol name from the wire enum ("http"; "any" for 0, "?" if unknown). */
 const char *mp_route_protocol_name(int protocol);
 
-/* ---- selection (route_select.c; control thread) ---- */
+/* The plugin-facing view (mp_route_view) of a request; route_id names the entry that
+ * brought the request to the plugin. Strings stay borrowed from q. */
+void mp_route_view_from_request(const mp_route_request *q, const char *route_id,
+                                int32_t priority, mp_route_view *v);
 
-struct mp_host;
-
+/* A routing decision in the control plane's terms (NLBService.RouteRequest), copied
+ * so it outlives changes to the tables. Made by dp_route_request (dp.h). */
 #define MP_ROUTE_TARGET_MAX 256
 #define MP_ROUTE_ADDRESS_MAX 300
-
-/* The winner, copied so it outlives changes to the tables. */
 typedef struct mp_route_decision {
     char target_id[MP_ROUTE_TARGET_MAX];
     int module_type;                    /* wire ModuleType */
@@ -84,15 +90,7 @@ typedef struct mp_route_decision {
     mp_instance *inst;                  /* in-process target; NULL for external */
 } mp_route_decision;
 
-/* Pick the target for q. Candidates are every matching entry of h->nlb.routes (target =
- * the entry's owner) and of each instance's own routes (target = that instance),
- * ordered by priority (higher first), then NLB entries before instance entries, then
- * insertion order. The first candidate whose target can take traffic wins. With
- * count_use, h->nlb.routed or h->nlb.refused is bumped and the winning entry's used_ns
- * set. Returns 0 with *out filled; -ENOENT when nothing matched and -EHOSTUNREACH when
- * entries matched but no target was available (why says which and why); -ENOMEM. */
-int mp_route_select(struct mp_host *h, const mp_route_request *q, bool count_use,
-                    mp_route_decision *out, char *why, size_t why_len);
+/* ---- an instance's verdict (instance_verdict.c; control thread) ---- */
 
 /* The instance's own verdict on a route: the plugin's can_handle when it has one,
  * otherwise "yes" iff one of the instance's routes matches the route as a request

@@ -34,6 +34,14 @@ struct mp_pb_call {
 /* Bindings live as long as the process: the server keeps pointers to them. They are
  * reclaimed at exit by mp_pb_unbind_all (called from main's teardown). */
 static struct pb_binding *all_bindings;
+static void (*after_unary)(void *, const char *);
+static void *after_unary_arg;
+
+void mp_pb_set_after_unary(void (*fn)(void *, const char *), void *arg)
+{
+    after_unary = fn;
+    after_unary_arg = arg;
+}
 
 void mp_pb_unbind_all(void)
 {
@@ -139,6 +147,8 @@ static void pb_dispatch(void *ctx, mp_rpc_call *raw, const uint8_t *data, size_t
     }
     mp_rpc_finish(raw, code, code == MP_RPC_OK ? NULL : pc->status_msg);
     pb_call_free(pc);
+    if (after_unary)
+        after_unary(after_unary_arg, b->method->name);
 }
 
 int mp_pb_stream_send(mp_pb_call *pc, const ProtobufCMessage *msg)

@@ -55,6 +55,10 @@ void mp_pb_stream_on_cancel(mp_pb_call *pc, void (*fn)(mp_pb_call *pc, void *arg
 /* Scratch slot for the stream's state. */
 void **mp_pb_user(mp_pb_call *pc);
 
+/* Run fn(arg, "Method") on the control thread after every unary call of a bound
+ * service (the host marks its state changed so the data plane gets a new snapshot). */
+void mp_pb_set_after_unary(void (*fn)(void *arg, const char *method), void *arg);
+
 /* Free every binding (at exit, after the server is destroyed). */
 void mp_pb_unbind_all(void);
 

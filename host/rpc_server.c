@@ -885,7 +885,9 @@ void mp_rpc_server_run(mp_rpc_server *srv)
         }
         if (srv->shutdown_started) {
             uint64_t now = now_ms();
-            if (!cancelled_all && now >= cancel_at) {
+            /* With no call in flight there is nothing to wait for; idle client
+             * connections alone would otherwise hold the shutdown for the whole grace. */
+            if (!cancelled_all && (now >= cancel_at || !srv->live_calls)) {
                 /* Streams (StreamMetrics, Watch) never end by themselves. */
                 grpc_server_cancel_all_calls(srv->server);
                 cancelled_all = true;

@@ -126,7 +126,13 @@ static mp_rpc_code reload(mp_pb_call *pc, const void *vreq, void *vresp)
                            ? req->instance_id
                            : NULL;
     char msg[8192];
+    /* graceful: retired generations keep their connections until they end or the
+     * timeout (default drain_timeout_ms); otherwise they are closed at once. */
+    h->drain_override_ms = !req->graceful ? 0
+                           : req->timeout_seconds > 0 ? (int64_t)req->timeout_seconds * 1000
+                                                      : -1;
     int rc = mp_host_reload(h, only, msg, sizeof(msg));
+    h->drain_override_ms = -1;
     if (rc == -ENOENT && only && !mp_host_find_instance(h, only))
         return mp_pb_fail(pc, MP_RPC_NOT_FOUND, "%s", msg);
     resp->success = rc == 0;
@@ -148,7 +154,12 @@ static mp_rpc_code shutdown_instance(mp_pb_call *pc, const void *vreq, void *vre
     char *id = mp_arena_strdup(a, inst->id);
     mp_logf(MP_LOG_INFO, id, "shutdown requested over gRPC (%s)",
             req->graceful ? "graceful" : "immediate");
+    mp_host *h = host_of(pc);
+    h->drain_override_ms = !req->graceful ? 0
+                           : req->timeout_seconds > 0 ? (int64_t)req->timeout_seconds * 1000
+                                                      : -1;
     mp_instance_remove(inst); /* generations finish their calls, then are destroyed */
+    h->drain_override_ms = -1;
     resp->success = true;
     resp->message = mp_arena_printf(a,
                                     "instance %s stopped (%lld connection(s) %s); Reload "
@@ -208,29 +219,10 @@ static mp_rpc_code can_handle(mp_pb_call *pc, const void *vreq, void *vresp)
     return MP_RPC_OK;
 }
 
-/* Text of a Route field for Query filters and sorting. */
+/* Query accessor over Route messages. */
 static int route_field(const void *rec, const char *field, char *buf, size_t len)
 {
-    const Marchproxy__Route *r = rec;
-    if (!strcmp(field, "route_id"))
-        snprintf(buf, len, "%s", r->route_id);
-    else if (!strcmp(field, "protocol"))
-        snprintf(buf, len, "%d", (int)r->protocol);
-    else if (!strcmp(field, "source_pattern"))
-        snprintf(buf, len, "%s", r->source_pattern);
-    else if (!strcmp(field, "destination_pattern"))
-        snprintf(buf, len, "%s", r->destination_pattern);
-    else if (!strcmp(field, "source_port"))
-        snprintf(buf, len, "%d", r->source_port);
-    else if (!strcmp(field, "destination_port"))
-        snprintf(buf, len, "%d", r->destination_port);
-    else if (!strcmp(field, "path_pattern"))
-        snprintf(buf, len, "%s", r->path_pattern);
-    else if (!strcmp(field, "priority"))
-        snprintf(buf, len, "%d", r->priority);
-    else
-        return -ENOENT;
-    return 0;
+    return mp_route_field(rec, field, buf, len);
 }
 
 /* Applies a wire Query to message pointers; fills the wire Pagination. */

@@ -22,6 +22,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "dp.h"
 #include "host.h"
 #include "instance_view.h"
 #include "log.h"
@@ -385,26 +386,11 @@ static int module_field(const void *rec, const char *field, char *buf, size_t le
 static int routing_field(const void *rec, const char *field, char *buf, size_t len)
 {
     const Marchproxy__RoutingEntry *e = rec;
-    const Marchproxy__Route *r = e->route;
-    if (strcmp(field, "route_id") == 0)
-        snprintf(buf, len, "%s", nz(r->route_id));
-    else if (strcmp(field, "protocol") == 0)
-        snprintf(buf, len, "%d", (int)r->protocol);
-    else if (strcmp(field, "destination_pattern") == 0)
-        snprintf(buf, len, "%s", nz(r->destination_pattern));
-    else if (strcmp(field, "destination_port") == 0)
-        snprintf(buf, len, "%d", (int)r->destination_port);
-    else if (strcmp(field, "source_pattern") == 0)
-        snprintf(buf, len, "%s", nz(r->source_pattern));
-    else if (strcmp(field, "priority") == 0)
-        snprintf(buf, len, "%d", (int)r->priority);
-    else if (strcmp(field, "target_instance_id") == 0)
+    if (strcmp(field, "target_instance_id") == 0) {
         snprintf(buf, len, "%s", nz(e->target_instance_id));
-    else if (strcmp(field, "path_pattern") == 0)
-        snprintf(buf, len, "%s", nz(r->path_pattern));
-    else
-        return -ENOENT;
-    return 0;
+        return 0;
+    }
+    return mp_route_field(e->route, field, buf, len);
 }
 
 /* ------------------------------------------------------------------ RegisterModule */
@@ -1062,7 +1048,8 @@ static mp_rpc_code h_route_request(mp_pb_call *pc, const void *vreq, void *vresp
         return code;
     mp_route_decision d;
     char why[1024];
-    int rc = mp_route_select(h, &q, !req->dry_run, &d, why, sizeof(why));
+    /* The data path's own decision, on the snapshot the workers route by. */
+    int rc = dp_route_request(h, req->route, !req->dry_run, &d, why, sizeof(why));
     if (rc == -ENOMEM)
         return mp_pb_fail(pc, MP_RPC_RESOURCE_EXHAUSTED, "out of memory");
     if (rc < 0) {

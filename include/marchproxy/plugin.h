@@ -31,13 +31,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct sockaddr;
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 #define MP_PLUGIN_MAGIC 0x4c504d4du /* "MMPL" read as little-endian bytes */
 #define MP_ABI_MAJOR 1
-#define MP_ABI_MINOR 0
+#define MP_ABI_MINOR 1
 
 /* The one symbol a plugin exports. */
 #define MP_PLUGIN_ENTRY_SYMBOL "mp_plugin_entry"
@@ -123,6 +125,50 @@ typedef enum mp_log_level {
 typedef struct mp_instance mp_instance; /* host's view of one plugin instance */
 typedef struct mp_config mp_config;     /* a node of the instance's config section */
 typedef struct mp_rpc_call mp_rpc_call; /* one gRPC call to a plugin-registered method */
+typedef struct mp_conn mp_conn;         /* one TCP connection, owned by one worker (1.1) */
+typedef struct mp_timer mp_timer;       /* a one-shot timer on a worker (1.1) */
+
+/* Why a connection ended (on_close's `reason`). */
+typedef enum mp_close_reason {
+    MP_CLOSE_LOCAL = 0,    /* conn_close / conn_abort by the plugin or host */
+    MP_CLOSE_PEER = 1,     /* the peer closed (after EOF in both directions, or reset) */
+    MP_CLOSE_ERROR = 2,    /* a socket error; `err` has the errno */
+    MP_CLOSE_TIMEOUT = 3,  /* connect or host-enforced timeout */
+    MP_CLOSE_SHUTDOWN = 4, /* the host is stopping or the generation's drain timed out */
+    MP_CLOSE_OVERFLOW = 5, /* output backlog passed the hard limit (slow reader) */
+} mp_close_reason;
+
+/* Callbacks of one connection, set with conn_set_handler. They run on the connection's
+ * worker thread, never concurrently for one connection. Any may be NULL. */
+typedef struct mp_conn_handler {
+    uint32_t struct_size;
+    /* Bytes arrived. `data` is borrowed until the callback returns. */
+    void (*on_data)(void *ctx, mp_conn *c, const uint8_t *data, size_t len);
+    /* The peer finished sending (half-close). Sending is still possible. */
+    void (*on_eof)(void *ctx, mp_conn *c);
+    /* Queued output fell below the low-water mark after conn_send reported
+     * backpressure (returned 1): produce more now. */
+    void (*on_drain)(void *ctx, mp_conn *c);
+    /* An outbound conn_connect finished: err 0, or negative errno with `reason`. */
+    void (*on_connect)(void *ctx, mp_conn *c, int err, const char *reason);
+    /* Last callback: the connection is gone and `c` is invalid afterwards. */
+    void (*on_close)(void *ctx, mp_conn *c, mp_close_reason reason, int err);
+} mp_conn_handler;
+
+/* What the NLB learned about a connection before handing it over (borrowed, valid for
+ * the connection's lifetime). */
+typedef struct mp_conn_info {
+    uint32_t struct_size;
+    int protocol;               /* mp_protocol the sniffer saw (or the listener binds) */
+    const char *listener;       /* listener name */
+    const char *route_id;       /* NLB route that matched ("" if the default module) */
+    const char *sni;            /* TLS server name ("" if none) */
+    const char *alpn;           /* first ALPN protocol offered ("" if none) */
+    const struct sockaddr *peer;
+    const struct sockaddr *local;
+    uint32_t peer_len, local_len;
+    int worker;                 /* index of the worker thread, 0..workers-1 */
+} mp_conn_info;
 
 /* Kinds of config node, as libconfig knows them. */
 typedef enum mp_config_kind {
@@ -217,6 +263,46 @@ typedef struct mp_host_api {
      * The string is valid until the next call on the same thread: copy it. NULL if it
      * cannot be created (the reason is logged). */
     const char *(*instance_state_dir)(const mp_instance *inst);
+
+    /* ---- Connections (ABI 1.1). Only on the connection's worker thread. ---- */
+    /* Install callbacks and their context (replaces any earlier ones). */
+    void (*conn_set_handler)(mp_conn *c, const mp_conn_handler *h, void *ctx);
+    /* Queue bytes for sending (copied). Returns 0, 1 when the backlog passed the
+     * high-water mark (pause producing until on_drain), or -EPIPE when the connection
+     * is closing. Past the hard limit the host closes it (MP_CLOSE_OVERFLOW): a slow
+     * reader never makes the host buffer without bound. */
+    int (*conn_send)(mp_conn *c, const void *data, size_t len);
+    /* Same without copying: `data` must stay valid until `done(arg)` runs (on this
+     * worker, also when the connection closes first). */
+    int (*conn_send_zc)(mp_conn *c, const void *data, size_t len, void (*done)(void *arg),
+                        void *arg);
+    /* Close after queued output is written (graceful) / at once with a reset. */
+    void (*conn_close)(mp_conn *c);
+    void (*conn_abort)(mp_conn *c);
+    /* Half-close: send FIN once queued output is written. */
+    int (*conn_shutdown_write)(mp_conn *c);
+    /* Stop / restart delivering on_data (backpressure towards the peer). */
+    void (*conn_pause)(mp_conn *c);
+    void (*conn_resume)(mp_conn *c);
+    /* One-shot timer bound to the connection: fn(arg) runs on its worker after `ms`,
+     * unless cancelled first or the connection closes (then it never runs). */
+    mp_timer *(*timer_add)(mp_conn *c, uint64_t ms, void (*fn)(void *arg), void *arg);
+    void (*timer_cancel)(mp_conn *c, mp_timer *t);
+    /* Open an outbound TCP connection on the same worker as `from`. on_connect reports
+     * the outcome (timeout_ms 0 = the host default). *out is valid at once (sending
+     * before on_connect queues). 0 or negative errno. */
+    int (*conn_connect)(mp_conn *from, const struct sockaddr *addr, uint32_t addr_len,
+                        uint32_t timeout_ms, const mp_conn_handler *h, void *ctx,
+                        mp_conn **out);
+    /* Hand both connections to the host's byte pump: bytes flow a->b and b->a with
+     * backpressure and without copies until both directions ended; then both close.
+     * The plugin gets only on_close afterwards. 0 or negative errno. */
+    int (*conn_pump)(mp_conn *a, mp_conn *b);
+    /* What the NLB knew about it. */
+    const mp_conn_info *(*conn_info)(const mp_conn *c);
+    /* A pointer-sized slot per (instance, worker) for plugin state that lives per
+     * worker and needs no locks: valid on the calling worker only. */
+    void **(*worker_slot)(mp_instance *inst);
 } mp_host_api;
 
 /* What health() reports. The host presets struct_size; the plugin fills the rest. */
@@ -297,11 +383,20 @@ typedef struct mp_plugin_descriptor {
     void (*health)(void *state, int deep, mp_health_report *out);
 
     /* The module's own verdict on a route. Optional: without it the host decides from
-     * the module's routes alone. */
+     * the module's routes alone. Called from the control thread and (1.1) from worker
+     * threads while routing connections: must be thread-safe and quick. */
     void (*can_handle)(void *state, const mp_route_view *route, mp_can_handle_result *out);
 
     /* Add plugin-specific counters. Optional. */
     void (*custom_stats)(void *state, const mp_stats_sink *sink);
+
+    /* ---- ABI 1.1 ---- */
+    /* A connection the NLB routed to this instance. Runs on the connection's worker;
+     * call conn_set_handler before returning. Bytes the sniffer already read arrive
+     * through on_data right after. Return 0 to take it, negative errno to refuse (the
+     * host closes it and counts a refusal). Optional: without it the instance
+     * receives no traffic. */
+    int (*on_connection)(void *state, mp_conn *c, const mp_conn_info *info);
 } mp_plugin_descriptor;
 
 /* The entry point's type. The returned pointer must stay valid while loaded. */

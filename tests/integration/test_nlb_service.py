@@ -427,8 +427,8 @@ def test_update_routing_and_get_routing_table(start_host):
         timeout=T).success
 
     r = update_routing(h, [
-        api_route(t, "by-meta", "echo", protocol=t.PROTOCOL_HTTP, destination_pattern="a.example.com",
-                  priority=10, headers={"x-a": "1"}),
+        api_route(t, "by-meta", "echo", protocol=t.PROTOCOL_HTTP,
+                  destination_pattern="a.example.com", priority=10, headers={"x-a": "1"}),
         t.Route(route_id="by-source", protocol=t.PROTOCOL_HTTP, destination_pattern="b.example.net",
                 path_pattern="/v1"),
     ], source_instance_id="ext")
@@ -643,8 +643,12 @@ def test_route_request_falls_through_unavailable_targets(start_host):
     u = h.module.UpdateConfig(m.UpdateConfigRequest(instance_id="sick", config=t.ConfigUpdate(
         config_data=b"handles_port = 8080;\n")), timeout=T)
     assert u.success, u.message
-    r = eventually(lambda: (lambda r: r if r.target_instance_id == "sick" else None)(
-        route_req(h, destination_port=8080)), "recovered instance chosen")
+
+    def sick_chosen():
+        r = route_req(h, destination_port=8080)
+        return r if r.target_instance_id == "sick" else None
+
+    r = eventually(sick_chosen, "recovered instance chosen")  # health is re-read every 0.5 s
     assert r.target_address == "inproc:sick"
     assert r.target_module_type == t.MODULE_TYPE_ALB and r.priority == 30
     # ... until its plugin declines the port: then the next available one.
@@ -817,6 +821,9 @@ def test_stream_nlb_metrics(start_host):
     with pytest.raises(grpc.RpcError) as e:
         next(stream)
     assert e.value.code() == grpc.StatusCode.CANCELLED
+    # the host ends its side too: only the asking call is left active
+    eventually(lambda: host_metrics(h, ["grpc_calls_active"])[0]["grpc_calls_active"] == 1,
+               "stream ended on the host")
 
     # without include_modules there are no per-module metrics
     stream = h.nlb.StreamNLBMetrics(n.StreamNLBMetricsRequest(interval_seconds=1),
@@ -954,7 +961,8 @@ def test_update_nlb_config_validation(start_host):
     assert re.search(rf"<UpdateNLBConfig>:{len(lines) + 2}:", r.validation_errors[0]), \
         r.validation_errors
 
-    bad_cidr = good + b'routes = (\n  { id = "r"; target = "echo";\n    source = "10.0.0.0/99"; }\n);\n'
+    bad_cidr = good + (b'routes = (\n  { id = "r"; target = "echo";\n'
+                       b'    source = "10.0.0.0/99"; }\n);\n')
     r = update_config(h, bad_cidr, validate_only=True)
     assert not r.validation_passed
     assert re.search(rf":{len(lines) + 3}:.*10\.0\.0\.0/99", r.validation_errors[0]), \

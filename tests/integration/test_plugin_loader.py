@@ -3,6 +3,7 @@
 # look at the result over gRPC and in the process's own memory map.
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -79,12 +80,14 @@ def test_changed_plugin_becomes_new_generation(start_host):
 def test_broken_plugins_are_refused_old_keeps_serving(start_host):
     h = one_instance(start_host)
     v1 = active(h).active_version
-    for variant, expect in [("mptest_badabi", "ABI 99.0, this host provides ABI 1."),
+    for variant, expect in [("mptest_badabi", "plugin built for ABI 99."),
                             ("mptest_nosym", "no mp_plugin_entry symbol")]:
         h.install_plugin(test_plugin_path(variant), "mptest.so")
         r = reload(h, "echo")
         assert not r.success
         assert expect in r.message, r.message
+        if variant == "mptest_badabi":  # both versions are named
+            assert re.search(r"ABI 99\.\d+, this host provides ABI 1\.\d+", r.message)
         assert r.error.message
         assert active(h).active_version == v1 and version_call(h) == b"1.0.0 "
     # garbage bytes that are not an ELF file at all

@@ -10,9 +10,12 @@
  * Settings (all optional):
  *   greeting = "text";      prefixed to Version replies
  *   health = "healthy" | "degraded" | "unhealthy";
- *   handles_port = 8080;    CanHandle says yes for routes to this port
+ *   handles_port = 8080;    CanHandle says yes only for routes to this port (unset: all)
  *   reject = true;          validate_config refuses (with FILE:LINE)
  *   fail_create = true;     create() fails
+ *   tcp = "echo" | "upstream";   what routed connections get (default echo)
+ *   upstream = "127.0.0.1:9000"; where "upstream" connections are pumped to
+ *   banner = true;          first send "mptest <version>\n" on each connection
  *
  * gRPC methods (raw bytes, no protobuf):
  *   /mptest.Echo/Echo      replies with the request bytes; counted in the stats
@@ -20,7 +23,10 @@
  *   /mptest.Echo/Count     request "N": streams "0".."N-1" from a plugin thread
  *   /mptest.Echo/Slow      request "MS": replies "done" after MS ms from a plugin thread
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <stdbool.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -46,6 +52,9 @@ typedef struct settings {
     char greeting[128];
     mp_health health;
     int64_t handles_port;
+    bool upstream_mode;
+    struct sockaddr_in upstream;
+    int banner;
 } settings;
 
 typedef struct mptest {
@@ -56,6 +65,8 @@ typedef struct mptest {
     pthread_t threads[MAX_THREADS];
     int n_threads;
     _Atomic uint64_t echo_calls;
+    _Atomic uint64_t connections;
+    _Atomic uint64_t closed[MP_CLOSE_OVERFLOW + 1]; /* by mp_close_reason */
 } mptest;
 
 typedef struct job {
@@ -64,8 +75,9 @@ typedef struct job {
     long n;
 } job;
 
-static const char *const allowed_keys[] = {"greeting", "health", "handles_port", "reject",
-                                           "fail_create", NULL};
+static const char *const allowed_keys[] = {"greeting", "health",      "handles_port", "reject",
+                                           "fail_create", "tcp",   "upstream",     "banner",
+                                           NULL};
 
 static int parse_settings(const mp_host_api *api, const mp_config *s, settings *out, char *err,
                           size_t len)
@@ -100,6 +112,26 @@ static int parse_settings(const mp_host_api *api, const mp_config *s, settings *
     if (api->cfg_get_int(s, "handles_port", &out->handles_port) == -EINVAL)
         return api->cfg_error(api->cfg_lookup(s, "handles_port"), err, len,
                               "handles_port must be an integer");
+    if (api->cfg_get_string(s, "tcp", &str) == 0) {
+        if (!strcmp(str, "upstream"))
+            out->upstream_mode = true;
+        else if (strcmp(str, "echo") != 0)
+            return api->cfg_error(api->cfg_lookup(s, "tcp"), err, len,
+                                  "tcp must be \"echo\" or \"upstream\"");
+    }
+    if (api->cfg_get_string(s, "upstream", &str) == 0) {
+        char host[64];
+        unsigned port = 0;
+        if (sscanf(str, "%63[0-9.]:%u", host, &port) != 2 || port == 0 || port > 65535 ||
+            inet_pton(AF_INET, host, &out->upstream.sin_addr) != 1)
+            return api->cfg_error(api->cfg_lookup(s, "upstream"), err, len,
+                                  "upstream must be IPv4:port");
+        out->upstream.sin_family = AF_INET;
+        out->upstream.sin_port = htons((uint16_t)port);
+    } else if (out->upstream_mode) {
+        return api->cfg_error(s, err, len, "tcp = \"upstream\" needs upstream");
+    }
+    api->cfg_get_bool(s, "banner", &out->banner);
     return 0;
 }
 
@@ -223,6 +255,67 @@ static void on_slow(void *state, mp_rpc_call *call, const uint8_t *req, size_t l
     spawn(t, call, ms, slow_thread);
 }
 
+
+/* ------------------------------------------------------------ connections */
+
+static void echo_data(void *ctx, mp_conn *c, const uint8_t *data, size_t len)
+{
+    mptest *t = ctx;
+    /* Backpressure: a peer that does not read stops being read. */
+    if (t->api->conn_send(c, data, len) == 1)
+        t->api->conn_pause(c);
+}
+
+static void echo_drain(void *ctx, mp_conn *c)
+{
+    mptest *t = ctx;
+    t->api->conn_resume(c);
+}
+
+static void echo_eof(void *ctx, mp_conn *c)
+{
+    mptest *t = ctx;
+    t->api->conn_close(c); /* after what is queued has been written */
+}
+
+static void echo_closed(void *ctx, mp_conn *c, mp_close_reason reason, int err)
+{
+    mptest *t = ctx;
+    atomic_fetch_add(&t->closed[reason <= MP_CLOSE_OVERFLOW ? reason : MP_CLOSE_ERROR], 1);
+}
+
+static const mp_conn_handler echo_handler = {
+    .struct_size = sizeof(mp_conn_handler),
+    .on_data = echo_data,
+    .on_eof = echo_eof,
+    .on_drain = echo_drain,
+    .on_close = echo_closed,
+};
+
+static int on_connection(void *state, mp_conn *c, const mp_conn_info *info)
+{
+    mptest *t = state;
+    atomic_fetch_add(&t->connections, 1);
+    pthread_mutex_lock(&t->lock);
+    settings cfg = t->cfg;
+    pthread_mutex_unlock(&t->lock);
+    t->api->conn_set_handler(c, &echo_handler, t);
+    if (cfg.banner) {
+        char b[64];
+        int n = snprintf(b, sizeof(b), "mptest %s\n", MPTEST_VERSION);
+        t->api->conn_send(c, b, (size_t)n);
+    }
+    if (cfg.upstream_mode) {
+        mp_conn *up;
+        int rc = t->api->conn_connect(c, (const struct sockaddr *)&cfg.upstream,
+                                      sizeof(cfg.upstream), 2000, NULL, NULL, &up);
+        if (rc < 0)
+            return rc;
+        return t->api->conn_pump(c, up);
+    }
+    return 0;
+}
+
 static int create(const mp_host_api *api, mp_instance *inst, const mp_config *s, void **state,
                   char *err, size_t len)
 {
@@ -244,12 +337,20 @@ static int create(const mp_host_api *api, mp_instance *inst, const mp_config *s,
     int rc = parse_settings(api, s, &t->cfg, err, len);
     if (rc == 0)
         rc = api->register_rpc(inst, "/mptest.Echo/Echo", 0, on_echo);
+    /* Another instance of this plugin already serves the methods: this one runs
+     * without them (one gRPC path has one owner). */
+    if (rc == -EEXIST) {
+        api->log(inst, MP_LOG_INFO, "mptest RPC methods are served by another instance");
+        rc = 1;
+    }
     if (rc == 0)
         rc = api->register_rpc(inst, "/mptest.Echo/Version", 0, on_version);
     if (rc == 0)
         rc = api->register_rpc(inst, "/mptest.Echo/Count", 1, on_count);
     if (rc == 0)
         rc = api->register_rpc(inst, "/mptest.Echo/Slow", 0, on_slow);
+    if (rc == 1)
+        rc = 0;
     if (rc < 0) {
         if (!err[0])
             snprintf(err, len, "mptest: register_rpc failed: %s", strerror(-rc));
@@ -304,7 +405,7 @@ static void can_handle(void *state, const mp_route_view *route, mp_can_handle_re
     pthread_mutex_lock(&t->lock);
     int64_t port = t->cfg.handles_port;
     pthread_mutex_unlock(&t->lock);
-    out->can_handle = port > 0 && route->destination_port == port;
+    out->can_handle = port == 0 || route->destination_port == port;
     out->priority = out->can_handle ? 50 : 0;
     snprintf(out->reason, sizeof(out->reason), "mptest handles port %lld, route asks %d",
              (long long)port, route->destination_port);
@@ -316,6 +417,16 @@ static void custom_stats(void *state, const mp_stats_sink *sink)
     char v[32];
     snprintf(v, sizeof(v), "%llu", (unsigned long long)atomic_load(&t->echo_calls));
     sink->add(sink->ctx, "echo_calls", v);
+    snprintf(v, sizeof(v), "%llu", (unsigned long long)atomic_load(&t->connections));
+    sink->add(sink->ctx, "connections", v);
+    static const char *const reasons[] = {"local", "peer", "error", "timeout", "shutdown",
+                                          "overflow"};
+    for (int i = 0; i <= MP_CLOSE_OVERFLOW; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "closed_%s", reasons[i]);
+        snprintf(v, sizeof(v), "%llu", (unsigned long long)atomic_load(&t->closed[i]));
+        sink->add(sink->ctx, name, v);
+    }
 }
 
 static const mp_plugin_descriptor descriptor = {
@@ -333,6 +444,7 @@ static const mp_plugin_descriptor descriptor = {
     .health = health,
     .can_handle = can_handle,
     .custom_stats = custom_stats,
+    .on_connection = on_connection,
 };
 
 #ifndef MPTEST_NO_ENTRY

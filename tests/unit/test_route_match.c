@@ -152,10 +152,11 @@ MP_TEST(source_patterns)
     troute_init(&t, "s");
     t.r.source_pattern = (char *)"10.0.0.0/33";
     validate(&t.r);
-    MP_CHECK_STR(err, "route 's': source_pattern '10.0.0.0/33' prefix must be 0..32");
+    MP_CHECK_STR(err, "route 's': source_pattern '10.0.0.0/33': prefix length 33 is out of "
+                      "range 0..32 for an IPv4 address");
     t.r.source_pattern = (char *)"::/129";
     validate(&t.r);
-    MP_CHECK_CONTAINS(err, "prefix must be 0..128");
+    MP_CHECK_CONTAINS(err, "out of range 0..128");
 }
 
 MP_TEST(destination_patterns)
