@@ -140,6 +140,29 @@ void dp_conn_arm_recv(mp_conn *c)
     c->inflight++;
 }
 
+void dp_conn_arm_recv_once(mp_conn *c)
+{
+    if (c->recv_armed || c->state == CONN_CLOSED)
+        return;
+    struct io_uring_sqe *sqe = dp_sqe(c->w);
+    io_uring_prep_recv(sqe, c->fd, NULL, DP_BUF_SIZE, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = (uint16_t)c->w->bgid;
+    io_uring_sqe_set_data64(sqe, UD(c, UD_RECV));
+    c->recv_armed = true;
+    c->inflight++;
+}
+
+void dp_conn_detach(mp_conn *c)
+{
+    c->fd = -1; /* maybe_free must not close it: another worker owns it now */
+    c->handler = NULL;
+    c->state = CONN_CLOSED;
+    while (c->timers)
+        dp_timer_cancel(c->timers);
+    maybe_free(c);
+}
+
 static void cancel_recv(mp_conn *c)
 {
     if (!c->recv_armed)
@@ -283,8 +306,12 @@ void dp_conn_on_recv(mp_conn *c, struct io_uring_cqe *cqe)
     }
     /* A receive that ended (buffers ran dry aside) starts again unless the connection
      * is paused, at EOF or closing; a cancel that lost the race with resume lands here. */
-    if (!more && res != -ENOBUFS)
-        dp_conn_arm_recv(c);
+    if (!more && res != -ENOBUFS) {
+        if (c->state == CONN_SNIFFING)
+            dp_conn_arm_recv_once(c);
+        else
+            dp_conn_arm_recv(c);
+    }
     dp_conn_release(c);
 }
 
@@ -463,6 +490,10 @@ static void maybe_free(mp_conn *c)
     }
     if (c->inst && c->counted_instance)
         atomic_fetch_sub_explicit(&c->inst->stats.conns_active, 1, memory_order_relaxed);
+    if (c->ext_counter) {
+        atomic_fetch_sub(&c->ext_counter->value, 1);
+        mp_counter_unref(c->ext_counter);
+    }
     if (c->gen)
         mp_generation_unref(c->gen);
     release_output(c);

@@ -117,6 +117,11 @@ static void hand_to_external(mp_conn *c, const dp_target *t)
         return;
     }
     atomic_fetch_add(&w->host->nlb.routed, 1);
+    if (t->counter) { /* least-conn and GetLoadDistribution count it until it closes */
+        mp_counter_ref(t->counter);
+        c->ext_counter = t->counter;
+        atomic_fetch_add(&t->counter->value, 1);
+    }
     c->state = CONN_OPEN;
     if (c->sniff_len && w->host->api.conn_send(up, c->sniff_buf, c->sniff_len) < 0) {
         dp_conn_close(up, MP_CLOSE_ERROR, ENOMEM, true);
@@ -128,6 +133,8 @@ static void hand_to_external(mp_conn *c, const dp_target *t)
     c->sniff_len = 0;
     w->host->api.conn_pump(c, up);
 }
+
+static void route(mp_conn *c, const mp_sniff_info *si);
 
 static void format_ip(const struct sockaddr_storage *ss, char *buf, size_t len)
 {
@@ -145,6 +152,79 @@ static int local_port(const struct sockaddr_storage *ss)
     if (ss->ss_family == AF_INET6)
         return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
     return 0;
+}
+
+/* Scale: the instance is served by workers 0..n-1 only. Nothing of this connection is
+ * in flight (sniffing uses single receives), so the socket and the bytes read so far
+ * can move to a worker that serves it. */
+static void hand_to_worker(mp_conn *c, const mp_sniff_info *si, int to)
+{
+    mp_worker *w = c->w;
+    dp_adopt *a = calloc(1, sizeof(*a));
+    if (!a) {
+        refuse(c, "out of memory");
+        return;
+    }
+    a->fd = c->fd;
+    a->listener_index = c->listener_index;
+    a->peer = c->peer;
+    a->local = c->local;
+    a->peer_len = c->info.peer_len;
+    a->local_len = c->info.local_len;
+    a->protocol = c->info.protocol;
+    if (si) {
+        a->sniffed = true;
+        a->si = *si;
+    }
+    a->data = c->sniff_buf;
+    a->len = c->sniff_len;
+    c->sniff_buf = NULL;
+    c->sniff_len = 0;
+    if (dp_worker_post(&w->host->workers[to], MSG_ADOPT, a) < 0) {
+        c->sniff_buf = a->data;
+        c->sniff_len = a->len;
+        free(a);
+        refuse(c, "out of memory");
+        return;
+    }
+    dp_conn_detach(c);
+}
+
+void dp_dispatch_adopt(mp_worker *w, dp_adopt *a)
+{
+    mp_conn *c = dp_conn_new(w, a->fd);
+    if (!c) {
+        close(a->fd);
+        free(a->data);
+        free(a);
+        atomic_fetch_add(&w->refused, 1);
+        return;
+    }
+    c->adopted = true;
+    c->peer = a->peer;
+    c->local = a->local;
+    c->info.peer_len = a->peer_len;
+    c->info.local_len = a->local_len;
+    c->info.protocol = a->protocol;
+    c->listener_index = a->listener_index;
+    const dp_snapshot *s = w->snap;
+    if (s && (size_t)a->listener_index < s->n_listeners)
+        snprintf(c->listener_name, sizeof(c->listener_name), "%s",
+                 s->listeners[a->listener_index].name);
+    if (a->sniffed) {
+        snprintf(c->sni, sizeof(c->sni), "%s", a->si.sni);
+        if (a->si.n_alpn > 0)
+            snprintf(c->alpn, sizeof(c->alpn), "%s", a->si.alpn[0]);
+    }
+    c->sniff_buf = a->data;
+    c->sniff_len = a->len;
+    c->state = CONN_SNIFFING; /* routed again below, on a worker that serves it */
+    dp_conn_hold(c);
+    route(c, a->sniffed ? &a->si : NULL);
+    if (c->state == CONN_OPEN)
+        dp_conn_arm_recv(c);
+    dp_conn_release(c);
+    free(a);
 }
 
 /* Route a connection whose protocol is known (0 when the sniffer gave up). */
@@ -171,7 +251,7 @@ static void route(mp_conn *c, const mp_sniff_info *si)
                                                   : (char *)"";
     req.path_pattern = si && si->path[0] ? (char *)si->path : (char *)"";
     dp_decision d;
-    dp_select(s, lv, &req, (const struct sockaddr *)&c->peer, w->index, &d);
+    dp_select(s, lv, &req, (const struct sockaddr *)&c->peer, &w->rr, &d);
     int target = d.target;
     if (target < 0 && lv && lv->default_target >= 0 &&
         s->targets[lv->default_target].available)
@@ -183,6 +263,13 @@ static void route(mp_conn *c, const mp_sniff_info *si)
     const dp_target *t = &s->targets[target];
     if (d.route >= 0)
         snprintf(c->route_id, sizeof(c->route_id), "%s", s->routes[d.route].route->route_id);
+    /* (A receive still in flight — a silent client routed by the sniff timer — would
+     * race the new owner for the socket: such a connection stays here.) */
+    if (!c->adopted && !c->recv_armed && !t->external && t->workers_allowed > 0 &&
+        w->index >= t->workers_allowed && w->index < w->host->n_workers) {
+        hand_to_worker(c, si, (int)(w->rr++ % (uint64_t)t->workers_allowed));
+        return;
+    }
     if (rate_limited(t, c, c->route_id)) {
         refuse(c, "rate limited");
         return;
@@ -273,5 +360,5 @@ void dp_dispatch_accept(mp_worker *w, int listen_index, int fd)
     }
     c->state = CONN_SNIFFING;
     c->sniff_timer = dp_timer_add(w, c, lv->sniff_timeout_ms, sniff_timed_out, c);
-    dp_conn_arm_recv(c);
+    dp_conn_arm_recv_once(c);
 }

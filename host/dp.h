@@ -54,6 +54,10 @@ typedef struct dp_target {
     int32_t max_connections;      /* 0 = unlimited */
     int32_t workers_allowed;      /* Scale: workers 0..n-1 serve it (0 = all) */
     mp_module_type type;
+    _Atomic int64_t *active;      /* live connections (instance stats or the module's
+                                   * counter), for least-conn */
+    mp_counter *counter;          /* external: the counter behind `active` (ref held) */
+    int32_t weight;               /* for the weighted strategy (>= 1) */
     mp_rate_limiter **limiters;   /* refs held */
     size_t n_limiters;
 } dp_target;
@@ -115,9 +119,11 @@ bool dp_listener_allows(const dp_listener_view *l, const char *id);
 mp_rate_limiter *dp_limiter_get(const dp_target *t, size_t i);
 void dp_snapshot_unref(dp_snapshot *s);
 /* Choose a target for a request (any thread; pure over the snapshot). `listener` may
- * be NULL (RouteRequest). The plugin's can_handle is consulted (thread-safe by ABI). */
+ * be NULL (RouteRequest). The plugin's can_handle is consulted (thread-safe by ABI).
+ * Available candidates that tie at the best priority are balanced by the snapshot's
+ * strategy; `rr` is the caller's round-robin counter. */
 void dp_select(const dp_snapshot *s, const dp_listener_view *listener,
-               const Marchproxy__Route *request, const struct sockaddr *peer, int worker,
+               const Marchproxy__Route *request, const struct sockaddr *peer, uint64_t *rr,
                dp_decision *out);
 
 /* A retired generation that still had connections: at `deadline_ms` (monotonic)
@@ -168,6 +174,8 @@ struct mp_conn {
     bool send_inflight, closing_abort, backpressured, close_notified;
     dp_seg *stash_head, *stash_tail; /* input that arrived after a pause (provided buffers) */
     bool eof_pending;      /* EOF arrived behind stashed input: report it after that */
+    bool adopted;          /* handed over by another worker: serve it here */
+    mp_counter *ext_counter; /* forwarded to an external module: its gauge (ref held) */
     mp_conn *rearm_next;   /* in the worker's list of connections waiting for buffers */
     bool on_rearm_list;
     dp_seg *out_head, *out_tail;
@@ -208,10 +216,24 @@ struct mp_timer {
     mp_timer *next_in_conn;
 };
 
+/* A connection handed to another worker because its instance is scaled to fewer
+ * workers (Scale): the socket and everything read from it so far. */
+typedef struct dp_adopt {
+    int fd;
+    int listener_index;
+    struct sockaddr_storage peer, local;
+    socklen_t peer_len, local_len;
+    int protocol;
+    bool sniffed;          /* si is valid */
+    mp_sniff_info si;
+    uint8_t *data;         /* the sniffed bytes (owned) */
+    size_t len;
+} dp_adopt;
+
 /* ------------------------------------------------------------ workers */
 
 typedef struct dp_msg {
-    enum { MSG_SNAPSHOT, MSG_STOP_ACCEPT, MSG_DRAIN_GEN, MSG_QUIT } kind;
+    enum { MSG_SNAPSHOT, MSG_STOP_ACCEPT, MSG_DRAIN_GEN, MSG_QUIT, MSG_ADOPT } kind;
     void *ptr;
     struct dp_msg *next;
 } dp_msg;
@@ -263,6 +285,11 @@ enum { UD_ACCEPT = 0, UD_RECV = 1, UD_SEND = 2, UD_CONNECT = 3, UD_TIMER = 4, UD
 /* conn.c */
 mp_conn *dp_conn_new(mp_worker *w, int fd);
 void dp_conn_arm_recv(mp_conn *c);
+/* One receive (no multishot): while sniffing, so nothing is in flight when the
+ * connection is routed and may move to another worker. */
+void dp_conn_arm_recv_once(mp_conn *c);
+/* Forget the socket without shutting it down (it lives on in another worker). */
+void dp_conn_detach(mp_conn *c);
 void dp_conn_on_recv(mp_conn *c, struct io_uring_cqe *cqe);
 void dp_conn_on_send(mp_conn *c, struct io_uring_cqe *cqe);
 void dp_conn_on_connect(mp_conn *c, struct io_uring_cqe *cqe);
@@ -278,6 +305,7 @@ void dp_timer_fired(mp_timer *t, int res);
 
 /* dispatch.c */
 void dp_dispatch_accept(mp_worker *w, int listen_index, int fd);
+void dp_dispatch_adopt(mp_worker *w, dp_adopt *a);
 /* Sniffer data (called from conn.c while CONN_SNIFFING). */
 void dp_dispatch_sniff_data(mp_conn *c, const uint8_t *data, size_t len);
 

@@ -81,6 +81,7 @@ void dp_snapshot_unref(dp_snapshot *s)
         for (size_t l = 0; l < t->n_limiters; l++)
             limiter_unref(t->limiters[l]);
         free(t->limiters);
+        mp_counter_unref(t->counter);
     }
     for (size_t i = 0; i < s->n_listeners; i++) {
         for (size_t m = 0; m < s->listeners[i].n_modules; m++)
@@ -149,6 +150,8 @@ static void add_instance_target(dp_snapshot *s, struct mp_instance *inst)
                  health_word(inst->health));
     t->max_connections = inst->max_connections;
     t->workers_allowed = inst->workers_desired;
+    t->active = &inst->stats.conns_active;
+    t->weight = 100;
     t->type = t->n_gens ? t->gens[0]->image->desc->module_type : MP_MODULE_UNSPECIFIED;
     t->limiters = calloc(inst->rate_limits.n + 1, sizeof(*t->limiters));
     for (size_t i = 0; t->limiters && i < inst->rate_limits.n; i++) {
@@ -174,13 +177,23 @@ static void add_external_target(dp_snapshot *s, mp_host *h, const mp_msg_item *i
     unsigned len = 0;
     bool addr_ok = mp_parse_address(m->address, &t->addr, &len, err, sizeof(err)) == 0;
     t->addr_len = len;
-    const mp_ext_module *ext = NULL;
+    mp_ext_module *ext = NULL;
     for (mp_ext_module *e = h->nlb.ext; e; e = e->next)
         if (strcmp(e->instance_id, m->instance_id) == 0)
             ext = e;
     bool reported_ok = !ext || ext->reported == MP_HEALTH_UNSPECIFIED ||
                        health_takes_traffic(ext->reported);
     t->available = addr_ok && ext && ext->in_rotation && reported_ok;
+    if (ext && !ext->active)
+        ext->active = mp_counter_new();
+    if (ext && ext->active) {
+        mp_counter_ref(ext->active);
+        t->counter = ext->active;
+        t->active = &ext->active->value;
+    } else {
+        t->available = false; /* cannot count its connections: out of memory */
+    }
+    t->weight = m->traffic_weight > 0 ? m->traffic_weight : 1;
     if (!addr_ok)
         snprintf(t->unavailable_why, sizeof(t->unavailable_why),
                  "%s registered an address that is not IP:port", t->id);
@@ -303,11 +316,51 @@ static bool plugin_accepts(const dp_target *t, const mp_route_request *q, const 
     return res.can_handle != 0;
 }
 
+/* Among candidates that tie at the best priority, the strategy decides. */
+static int balance(const dp_snapshot *s, const int *cand, const int *cand_route, int n,
+                   uint64_t *rr, int *route_out)
+{
+    int pick = 0;
+    uint64_t k = rr ? (*rr)++ : 0;
+    if (n > 1 && s->strategy == 1) { /* least-conn */
+        int64_t best = INT64_MAX;
+        for (int i = 0; i < n; i++) {
+            const dp_target *t = &s->targets[cand[i]];
+            int64_t a = t->active ? atomic_load_explicit(t->active, memory_order_relaxed) : 0;
+            if (a < best) {
+                best = a;
+                pick = i;
+            }
+        }
+    } else if (n > 1 && s->strategy == 2) { /* weighted */
+        uint64_t total = 0;
+        for (int i = 0; i < n; i++)
+            total += (uint64_t)s->targets[cand[i]].weight;
+        uint64_t slot = k % total;
+        for (int i = 0; i < n; i++) {
+            uint64_t w = (uint64_t)s->targets[cand[i]].weight;
+            if (slot < w) {
+                pick = i;
+                break;
+            }
+            slot -= w;
+        }
+    } else if (n > 1) { /* round-robin */
+        pick = (int)(k % (uint64_t)n);
+    }
+    *route_out = cand_route[pick];
+    return cand[pick];
+}
+
+#define DP_MAX_TIES 64
+
 void dp_select(const dp_snapshot *s, const dp_listener_view *listener,
-               const Marchproxy__Route *request, const struct sockaddr *peer, int worker,
+               const Marchproxy__Route *request, const struct sockaddr *peer, uint64_t *rr,
                dp_decision *out)
 {
     (void)peer;
+    int cand[DP_MAX_TIES], cand_route[DP_MAX_TIES], n_cand = 0;
+    int32_t cand_priority = 0;
     out->target = -1;
     out->route = -1;
     out->why[0] = '\0';
@@ -337,18 +390,29 @@ void dp_select(const dp_snapshot *s, const dp_listener_view *listener,
         else if (!t->available)
             snprintf(why, sizeof(why), "route %s matched but %s", r->route->route_id,
                      t->unavailable_why);
-        else if (worker >= 0 && t->workers_allowed > 0 && worker >= t->workers_allowed)
-            snprintf(why, sizeof(why), "%s is scaled to %d worker(s)", t->id, t->workers_allowed);
         else if (!t->external && !plugin_accepts(t, &q, r, why, sizeof(why)))
             ;
         else {
-            out->target = r->target;
-            out->route = (int)i;
-            return;
+            if (n_cand && r->route->priority != cand_priority)
+                break; /* routes are sorted: no more ties */
+            bool dup = false;
+            for (int k = 0; k < n_cand; k++)
+                dup |= cand[k] == r->target;
+            if (!dup && n_cand < DP_MAX_TIES) {
+                cand_priority = r->route->priority;
+                cand[n_cand] = r->target;
+                cand_route[n_cand++] = (int)i;
+            }
+            continue;
         }
         size_t used = strlen(out->why);
         if (why[0] && used + 3 < sizeof(out->why))
             snprintf(out->why + used, sizeof(out->why) - used, "%s%s", used ? "; " : "", why);
+    }
+    if (n_cand) {
+        out->target = balance(s, cand, cand_route, n_cand, rr, &out->route);
+        out->why[0] = '\0';
+        return;
     }
     if (!matched) {
         char desc[200];
@@ -366,7 +430,8 @@ int dp_route_request(mp_host *h, const Marchproxy__Route *request, bool count_us
     if (!s)
         return -ENOMEM;
     dp_decision d;
-    dp_select(s, NULL, request, NULL, -1, &d);
+    static uint64_t rr; /* the control thread's own round-robin position */
+    dp_select(s, NULL, request, NULL, &rr, &d);
     if (d.target < 0) {
         snprintf(why, why_len, "%s", d.why);
         if (count_use)

@@ -116,6 +116,16 @@ struct mp_instance {
     struct mp_instance *next;
 };
 
+/* A shared, refcounted gauge (live connections to an external module): the module's
+ * bookkeeping, routing snapshots and connections each hold a reference. */
+typedef struct mp_counter {
+    _Atomic int refs;
+    _Atomic int64_t value;
+} mp_counter;
+mp_counter *mp_counter_new(void);
+void mp_counter_ref(mp_counter *c);
+void mp_counter_unref(mp_counter *c);
+
 /* A module registered over NLBService.RegisterModule (runs in another process). */
 typedef struct mp_ext_module {
     char *instance_id;
@@ -131,8 +141,12 @@ typedef struct mp_ext_module {
     bool scale_pending;
     int32_t scale_target;       /* wanted instance count; 0 = one step in scale_action */
     char scale_action[16];      /* "scale_up" | "scale_down" | "set" */
+    mp_counter *active;         /* connections forwarded to it right now */
     struct mp_ext_module *next;
 } mp_ext_module;
+
+/* Free one external module's bookkeeping (nlb.c). */
+void mp_ext_module_free(mp_ext_module *m);
 
 typedef struct mp_nlb {
     mp_msg_store routes;        /* Marchproxy__Route by route_id; owner = target instance */

@@ -72,13 +72,35 @@ static void heartbeat_tick(void *arg)
         arm_watchdog(h);
 }
 
+mp_counter *mp_counter_new(void)
+{
+    mp_counter *c = calloc(1, sizeof(*c));
+    if (c)
+        atomic_init(&c->refs, 1);
+    return c;
+}
+
+void mp_counter_ref(mp_counter *c) { atomic_fetch_add(&c->refs, 1); }
+
+void mp_counter_unref(mp_counter *c)
+{
+    if (c && atomic_fetch_sub(&c->refs, 1) == 1)
+        free(c);
+}
+
+void mp_ext_module_free(mp_ext_module *m)
+{
+    mp_counter_unref(m->active);
+    free(m->instance_id);
+    free(m);
+}
+
 static void ext_free_all(mp_nlb *n)
 {
     while (n->ext) {
         mp_ext_module *m = n->ext;
         n->ext = m->next;
-        free(m->instance_id);
-        free(m);
+        mp_ext_module_free(m);
     }
 }
 

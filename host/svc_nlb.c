@@ -445,8 +445,7 @@ static size_t forget_module(mp_host *h, const char *id)
         if (strcmp((*pp)->instance_id, id) == 0) {
             mp_ext_module *m = *pp;
             *pp = m->next;
-            free(m->instance_id);
-            free(m);
+            mp_ext_module_free(m);
             break;
         }
     return routes;

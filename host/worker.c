@@ -178,6 +178,9 @@ static void handle_messages(mp_worker *w)
         case MSG_DRAIN_GEN:
             close_generation(w, m->ptr);
             break;
+        case MSG_ADOPT:
+            dp_dispatch_adopt(w, m->ptr);
+            break;
         case MSG_QUIT:
             stop_accepting(w);
             w->quitting = true;
@@ -341,6 +344,12 @@ static void worker_free(mp_worker *w)
             dp_snapshot_unref(m->ptr);
         else if (m->kind == MSG_DRAIN_GEN)
             mp_generation_unref(m->ptr);
+        else if (m->kind == MSG_ADOPT) {
+            dp_adopt *a = m->ptr;
+            close(a->fd);
+            free(a->data);
+            free(a);
+        }
         free(m);
     }
     pthread_mutex_destroy(&w->q_lock);

@@ -16,6 +16,7 @@
  *   tcp = "echo" | "upstream";   what routed connections get (default echo)
  *   upstream = "127.0.0.1:9000"; where "upstream" connections are pumped to
  *   banner = true;          first send "mptest <version>\n" on each connection
+ *   banner_worker = true;   ... as "mptest <version> w<worker index>\n"
  *
  * gRPC methods (raw bytes, no protobuf):
  *   /mptest.Echo/Echo      replies with the request bytes; counted in the stats
@@ -55,6 +56,7 @@ typedef struct settings {
     bool upstream_mode;
     struct sockaddr_in upstream;
     int banner;
+    int banner_worker;
 } settings;
 
 typedef struct mptest {
@@ -77,7 +79,7 @@ typedef struct job {
 
 static const char *const allowed_keys[] = {"greeting", "health",      "handles_port", "reject",
                                            "fail_create", "tcp",   "upstream",     "banner",
-                                           NULL};
+                                           "banner_worker", NULL};
 
 static int parse_settings(const mp_host_api *api, const mp_config *s, settings *out, char *err,
                           size_t len)
@@ -132,6 +134,7 @@ static int parse_settings(const mp_host_api *api, const mp_config *s, settings *
         return api->cfg_error(s, err, len, "tcp = \"upstream\" needs upstream");
     }
     api->cfg_get_bool(s, "banner", &out->banner);
+    api->cfg_get_bool(s, "banner_worker", &out->banner_worker);
     return 0;
 }
 
@@ -300,7 +303,11 @@ static int on_connection(void *state, mp_conn *c, const mp_conn_info *info)
     settings cfg = t->cfg;
     pthread_mutex_unlock(&t->lock);
     t->api->conn_set_handler(c, &echo_handler, t);
-    if (cfg.banner) {
+    if (cfg.banner_worker) {
+        char b[64];
+        int n = snprintf(b, sizeof(b), "mptest %s w%d\n", MPTEST_VERSION, info->worker);
+        t->api->conn_send(c, b, (size_t)n);
+    } else if (cfg.banner) {
         char b[64];
         int n = snprintf(b, sizeof(b), "mptest %s\n", MPTEST_VERSION);
         t->api->conn_send(c, b, (size_t)n);
