@@ -1075,3 +1075,15 @@ void mp_config_free(mp_host_config *cfg)
     free(cfg->path);
     free(cfg);
 }
+
+bool mp_config_listeners_differ(const mp_host_config *a, const mp_host_config *b)
+{
+    if (a->n_listeners != b->n_listeners)
+        return true;
+    for (size_t i = 0; i < a->n_listeners; i++) {
+        const mp_listener_cfg *x = &a->listeners[i], *y = &b->listeners[i];
+        if (strcmp(x->name, y->name) || strcmp(x->address, y->address))
+            return true;
+    }
+    return false;
+}

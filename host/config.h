@@ -114,6 +114,10 @@ int mp_config_load_string(const char *text, const char *name, const char *base_d
 
 void mp_config_free(mp_host_config *cfg);
 
+/* Whether two configs listen differently (names or addresses): listening sockets are
+ * opened at start, so such a change needs a restart. */
+bool mp_config_listeners_differ(const mp_host_config *a, const mp_host_config *b);
+
 /* Lookups; NULL when absent. */
 const mp_instance_cfg *mp_config_find_instance(const mp_host_config *cfg, const char *id);
 

@@ -26,8 +26,8 @@
 #include "sniff.h"
 
 #define DP_RING_ENTRIES 4096
-#define DP_BUF_SIZE (16 * 1024)       /* one provided receive buffer */
-#define DP_BUF_COUNT 1024              /* per worker: 16 MiB of receive buffers */
+#define DP_BUF_SIZE (64 * 1024)       /* one provided receive buffer */
+#define DP_BUF_COUNT 256               /* per worker: 16 MiB of receive buffers */
 #define DP_SEND_HWM (256 * 1024)       /* conn_send reports backpressure above this */
 #define DP_SEND_LWM (64 * 1024)        /* on_drain / pump resume below this */
 #define DP_SEND_HARD_MAX (16u << 20)   /* beyond this a connection is closed (overflow) */

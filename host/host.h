@@ -46,6 +46,7 @@ struct mp_plugin_image {
     void *dl;
     const mp_plugin_descriptor *desc;
     int refs;         /* generations using it + 1 while it is its file's current image */
+    bool keep_copy;   /* an instance keeps the private copy for Rollback: do not unlink */
     mp_plugin_image *next;
 };
 
@@ -90,6 +91,8 @@ struct mp_instance {
     mp_generation *gens;         /* every live generation, newest first */
     char stable_version[MP_VERSION_LEN];   /* what Rollback returns to */
     char previous_version[MP_VERSION_LEN]; /* the stable one before the last promotion */
+    char *kept_copy;             /* private .so of a retired version kept for Rollback */
+    char kept_version[MP_VERSION_LEN];
     bool canary;                 /* two generations split traffic by weight */
     char promoting[MP_VERSION_LEN]; /* stepwise PromoteVersion target, "" when none */
     int32_t promotion_step;      /* weight points added per step */
@@ -246,10 +249,17 @@ void mp_generation_ref(mp_generation *g);
 void mp_generation_unref(mp_generation *g); /* may destroy a retired generation */
 /* Retire every generation but `keep`; destroyed as their references drop. */
 void mp_instance_retire_others(struct mp_instance *inst, mp_generation *keep);
-/* After a deployment: `active` takes all new traffic, `standby` (may be NULL) stays
- * loaded at weight 0 for rollback, every other generation is retired. Ends any
- * canary or stepwise promotion. */
-void mp_instance_keep(struct mp_instance *inst, mp_generation *active, mp_generation *standby);
+/* After a deployment: `active` takes all new traffic and every other generation is
+ * retired (its connections drain, then its .so is unloaded). Ends any canary or
+ * stepwise promotion. */
+void mp_instance_settle(struct mp_instance *inst, mp_generation *active);
+/* Keep `g`'s private .so copy on disk (not loaded) so Rollback, SetTrafficWeight and
+ * PromoteVersion can bring its version back; replaces the previously kept one. */
+void mp_instance_keep_previous(struct mp_instance *inst, const mp_generation *g);
+/* The live generation of `version`, or a new one loaded from the kept copy (weight 0).
+ * NULL with a reason when the version is neither live nor kept. */
+mp_generation *mp_instance_revive(struct mp_instance *inst, const char *version, char *err,
+                                  size_t err_len);
 /* Make `g` the one that serves RPCs (rebinds its registered methods). */
 void mp_instance_activate(struct mp_instance *inst, mp_generation *g);
 /* New generation of `inst` from `img` (takes its own image reference) built from

@@ -13,7 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "config_view.h"
 #include "dp.h"
 #include "host.h"
 #include "log.h"
@@ -127,6 +129,7 @@ void mp_instance_stats_reset(struct mp_instance *inst)
     atomic_store(&s->bytes_in, 0);
     atomic_store(&s->bytes_out, 0);
     atomic_store(&s->conns_total, 0);
+    atomic_store(&s->drained_forced, 0);
     atomic_store(&s->since_ns, mp_wall_ns());
 }
 
@@ -154,8 +157,11 @@ struct mp_instance *mp_instance_new(mp_host *h, const char *id, const char *plug
     return inst;
 }
 
+static void drop_kept_copy(struct mp_instance *inst);
+
 static void instance_free(struct mp_instance *inst)
 {
+    drop_kept_copy(inst);
     mp_msg_store_destroy(&inst->routes);
     mp_msg_store_destroy(&inst->rate_limits);
     free(inst->settings_text);
@@ -295,24 +301,79 @@ void mp_instance_retire_others(struct mp_instance *inst, mp_generation *keep)
     }
 }
 
-void mp_instance_keep(struct mp_instance *inst, mp_generation *active, mp_generation *standby)
+void mp_instance_settle(struct mp_instance *inst, mp_generation *active)
 {
-    mp_generation *g = inst->gens;
-    while (g) {
-        mp_generation *next = g->next;
-        if (g != active && g != standby)
-            generation_retire(g);
-        g = next;
-    }
+    mp_instance_retire_others(inst, active);
     active->weight = 100;
-    if (standby)
-        standby->weight = 0;
     inst->canary = false;
     inst->promoting[0] = '\0';
     if (inst->promotion_timer) {
         mp_rpc_timer_cancel(inst->host->rpc, inst->promotion_timer);
         inst->promotion_timer = NULL;
     }
+}
+
+/* Unlink a kept copy unless a loaded image still maps that file. */
+static void drop_kept_copy(struct mp_instance *inst)
+{
+    if (!inst->kept_copy)
+        return;
+    bool in_use = false;
+    for (mp_plugin_image *img = inst->host->images; img; img = img->next)
+        if (img->copy_path && strcmp(img->copy_path, inst->kept_copy) == 0) {
+            img->keep_copy = false; /* it goes when that image does */
+            in_use = true;
+        }
+    if (!in_use)
+        unlink(inst->kept_copy);
+    free(inst->kept_copy);
+    inst->kept_copy = NULL;
+    inst->kept_version[0] = '\0';
+}
+
+void mp_instance_keep_previous(struct mp_instance *inst, const mp_generation *g)
+{
+    if (!g || !g->image->copy_path)
+        return;
+    if (inst->kept_copy && strcmp(inst->kept_copy, g->image->copy_path) == 0)
+        return;
+    drop_kept_copy(inst);
+    inst->kept_copy = strdup(g->image->copy_path);
+    if (!inst->kept_copy)
+        return;
+    g->image->keep_copy = true;
+    snprintf(inst->kept_version, sizeof(inst->kept_version), "%s", g->version);
+}
+
+mp_generation *mp_instance_revive(struct mp_instance *inst, const char *version, char *err,
+                                  size_t err_len)
+{
+    mp_generation *g = mp_instance_find_generation(inst, version);
+    if (g)
+        return g;
+    if (!inst->kept_copy || strcmp(inst->kept_version, version) != 0) {
+        snprintf(err, err_len, "%s has no version '%.*s' loaded or kept", inst->id,
+                 MP_VERSION_LEN, version);
+        return NULL;
+    }
+    mp_host *h = inst->host;
+    mp_plugin_image *img;
+    if (mp_plugin_image_load_private(h, inst->kept_copy, &img, err, err_len) < 0)
+        return NULL;
+    config_t lc;
+    config_init(&lc);
+    const char *text = inst->settings_text ? inst->settings_text : "";
+    int rc = mp_config_text_parse(text, strlen(text), inst->id, &lc, err, err_len);
+    if (rc == 0)
+        rc = mp_generation_create(inst, img, mp_config_of(config_root_setting(&lc)), &g, err,
+                                  err_len);
+    config_destroy(&lc);
+    mp_plugin_image_unref(h, img); /* the generation holds its own reference */
+    if (rc < 0)
+        return NULL;
+    g->weight = 0;
+    mp_host_touch(h);
+    return g;
 }
 
 /* The server calls this with &g->rpcs[i]; the generation stays alive until the plugin

@@ -261,7 +261,7 @@ static void image_free(mp_plugin_image *img)
 {
     if (img->dl)
         dlclose(img->dl);
-    if (img->copy_path)
+    if (img->copy_path && !img->keep_copy)
         unlink(img->copy_path);
     free(img->name);
     free(img->version);
@@ -281,6 +281,87 @@ void mp_plugin_image_unref(mp_host *h, mp_plugin_image *img)
         }
     mp_debug("unloading plugin %s %s (%.12s)", img->name, img->version, img->hash);
     image_free(img);
+}
+
+/* dlopen the private copy and check what its entry point returns. `shown` names the
+ * file in messages. On failure the caller frees img. */
+static int image_open(mp_plugin_image *img, const char *shown, char *err, size_t err_len)
+{
+    int rc;
+    dlerror();
+    img->dl = dlopen(img->copy_path, RTLD_NOW | RTLD_LOCAL);
+    if (!img->dl) {
+        const char *why = dlerror();
+        snprintf(err, err_len, "%s: cannot load: %s", shown, why ? why : "unknown dlopen error");
+        return -ENOEXEC;
+    }
+    dlerror();
+    void *sym = dlsym(img->dl, MP_PLUGIN_ENTRY_SYMBOL);
+    if (!sym) {
+        snprintf(err, err_len, "%s: not a MarchProxy plugin (no %s symbol)", shown,
+                 MP_PLUGIN_ENTRY_SYMBOL);
+        return -ENOEXEC;
+    }
+    mp_plugin_entry_fn entry;
+    memcpy(&entry, &sym, sizeof(entry)); /* object-to-function pointer, as dlsym requires */
+    img->desc = entry();
+    if ((rc = mp_plugin_descriptor_check(img->desc, shown, err, err_len)) < 0)
+        return rc;
+    img->name = strdup(img->desc->name);
+    img->version = strdup(img->desc->version);
+    return img->name && img->version ? 0 : -ENOMEM;
+}
+
+/* Hashes `path`; when an image with that content is loaded, takes a reference on it
+ * into *found. Otherwise returns a new image (one reference, hash set) in *fresh. */
+static int image_lookup_or_new(mp_host *h, const char *path, mp_plugin_image **found,
+                               mp_plugin_image **fresh, char *err, size_t err_len)
+{
+    char hash[65];
+    int rc = mp_file_sha256(path, hash, err, err_len);
+    if (rc < 0)
+        return rc;
+    *found = *fresh = NULL;
+    for (mp_plugin_image *img = h->images; img; img = img->next)
+        if (strcmp(img->hash, hash) == 0) {
+            mp_plugin_image_ref(img);
+            *found = img;
+            return 0;
+        }
+    mp_plugin_image *img = calloc(1, sizeof(*img));
+    if (!img)
+        return -ENOMEM;
+    memcpy(img->hash, hash, sizeof(hash));
+    img->refs = 1;
+    *fresh = img;
+    return 0;
+}
+
+int mp_plugin_image_load_private(mp_host *h, const char *copy_path, mp_plugin_image **out,
+                                 char *err, size_t err_len)
+{
+    mp_plugin_image *found, *img;
+    int rc = image_lookup_or_new(h, copy_path, &found, &img, err, err_len);
+    if (rc < 0 || found) {
+        *out = found;
+        return rc;
+    }
+    img->keep_copy = true; /* the instance that kept it decides when it goes */
+    img->src_path = strdup(copy_path);
+    img->copy_path = strdup(copy_path);
+    if (!img->src_path || !img->copy_path) {
+        image_free(img);
+        return -ENOMEM;
+    }
+    if ((rc = image_open(img, copy_path, err, err_len)) < 0) {
+        image_free(img);
+        return rc;
+    }
+    img->next = h->images;
+    h->images = img;
+    mp_info("reloaded plugin %s %s from its kept copy %s", img->name, img->version, copy_path);
+    *out = img;
+    return 0;
 }
 
 int mp_plugin_image_load(mp_host *h, const char *path, const char *cache_dir,
@@ -308,21 +389,12 @@ int mp_plugin_image_load(mp_host *h, const char *path, const char *cache_dir,
         snprintf(err, err_len, "%s: larger than %u MiB", path, PLUGIN_MAX_BYTES >> 20);
         return -EFBIG;
     }
-    char hash[65];
-    if ((rc = mp_file_sha256(path, hash, err, err_len)) < 0)
+    mp_plugin_image *found, *img;
+    if ((rc = image_lookup_or_new(h, path, &found, &img, err, err_len)) < 0 || found) {
+        *out = found;
         return rc;
-    for (mp_plugin_image *img = h->images; img; img = img->next)
-        if (strcmp(img->hash, hash) == 0) {
-            mp_plugin_image_ref(img);
-            *out = img;
-            return 0;
-        }
-
-    mp_plugin_image *img = calloc(1, sizeof(*img));
-    if (!img)
-        return -ENOMEM;
-    memcpy(img->hash, hash, sizeof(hash));
-    img->refs = 1;
+    }
+    const char *hash = img->hash;
     img->src_path = strdup(path);
     const char *base = strrchr(path, '/');
     base = base ? base + 1 : path;
@@ -339,34 +411,9 @@ int mp_plugin_image_load(mp_host *h, const char *path, const char *cache_dir,
         image_free(img);
         return rc;
     }
-    dlerror();
-    img->dl = dlopen(img->copy_path, RTLD_NOW | RTLD_LOCAL);
-    if (!img->dl) {
-        const char *why = dlerror();
-        snprintf(err, err_len, "%s: cannot load: %s", path, why ? why : "unknown dlopen error");
-        image_free(img);
-        return -ENOEXEC;
-    }
-    dlerror();
-    void *sym = dlsym(img->dl, MP_PLUGIN_ENTRY_SYMBOL);
-    if (!sym) {
-        snprintf(err, err_len, "%s: not a MarchProxy plugin (no %s symbol)", path,
-                 MP_PLUGIN_ENTRY_SYMBOL);
-        image_free(img);
-        return -ENOEXEC;
-    }
-    mp_plugin_entry_fn entry;
-    memcpy(&entry, &sym, sizeof(entry)); /* object-to-function pointer, as dlsym requires */
-    img->desc = entry();
-    if ((rc = mp_plugin_descriptor_check(img->desc, path, err, err_len)) < 0) {
+    if ((rc = image_open(img, path, err, err_len)) < 0) {
         image_free(img);
         return rc;
-    }
-    img->name = strdup(img->desc->name);
-    img->version = strdup(img->desc->version);
-    if (!img->name || !img->version) {
-        image_free(img);
-        return -ENOMEM;
     }
     img->next = h->images;
     h->images = img;

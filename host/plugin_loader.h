@@ -26,6 +26,10 @@ int mp_file_sha256(const char *path, char out[65], char *err, size_t err_len);
  * the private copy. On success *out has one reference for the caller. */
 int mp_plugin_image_load(mp_host *h, const char *path, const char *cache_dir,
                          mp_plugin_image **out, char *err, size_t err_len);
+/* Load a private copy this host made earlier (kept for Rollback) as it is, without
+ * copying it again. The image keeps the file when it is unloaded. */
+int mp_plugin_image_load_private(mp_host *h, const char *copy_path, mp_plugin_image **out,
+                                 char *err, size_t err_len);
 void mp_plugin_image_ref(mp_plugin_image *img);
 /* Drops a reference; at zero the image is unlinked from h, dlclose'd and its private
  * copy deleted. */

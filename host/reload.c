@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "config_view.h"
+#include "dp.h"
 #include "host.h"
 #include "log.h"
 #include "marchproxy/types.pb-c.h"
@@ -264,9 +265,11 @@ static void reconcile_instance(mp_host *h, const wanted *w, mp_plugin_image *img
         snprintf(inst->previous_version, sizeof(inst->previous_version), "%s", old_version);
         snprintf(inst->stable_version, sizeof(inst->stable_version), "%s", g->version);
     }
-    /* The previous generation stays loaded on standby (weight 0) so Rollback and
-     * SetTrafficWeight have something to go back to; anything older is retired. */
-    mp_instance_keep(inst, g, cur && cur->image != img ? cur : NULL);
+    /* The old generation drains and is unloaded; its private copy stays on disk so
+     * Rollback and SetTrafficWeight can bring that version back. */
+    if (cur && cur->image != img)
+        mp_instance_keep_previous(inst, cur);
+    mp_instance_settle(inst, g);
     mp_instance_refresh_health(inst, false);
     if (created || !old_version[0])
         note(o, false, "%s: started %s", w->id, g->version);
@@ -348,6 +351,8 @@ int mp_host_apply_config(mp_host *h, mp_host_config *cfg, const char *only_id, c
     config_destroy(&empty);
 
     mp_host_config *old = h->cfg;
+    if (old && mp_config_listeners_differ(old, cfg))
+        note(&o, false, "listener changes take effect after a restart");
     h->cfg = cfg;
     h->config_loaded_ns = mp_wall_ns();
     mp_log_set_level((mp_log_level)cfg->log_level);
@@ -356,6 +361,10 @@ int mp_host_apply_config(mp_host *h, mp_host_config *cfg, const char *only_id, c
         note(&o, true, "routes: %s", err);
     mp_config_free(old);
     scanned_release(h, &s);
+    /* Workers switch to the new generations now rather than at the next tick; the old
+     * snapshot's references are what keeps retired code loaded. */
+    if (h->n_workers)
+        dp_publish(h);
     if (!o.used)
         note(&o, false, "no changes");
     return o.errors ? -EINVAL : 0;

@@ -58,9 +58,13 @@ void mp_build_module_stats(mp_arena *a, mp_instance *inst, Marchproxy__ModuleSta
         since = inst->started_ns;
     if (since)
         out->since = mp_pb_timestamp(a, since);
+    struct sink_ctx ctx = {a, out};
+    /* the host's own counters first; the plugin's follow */
+    char v[32];
+    snprintf(v, sizeof(v), "%llu", (unsigned long long)atomic_load(&st->drained_forced));
+    sink_add(&ctx, "connections_closed_at_drain", v);
     const mp_generation *g = inst->active;
     if (g && g->image && g->image->desc && g->image->desc->custom_stats) {
-        struct sink_ctx ctx = {a, out};
         mp_stats_sink sink = {.struct_size = sizeof(sink), .ctx = &ctx, .add = sink_add};
         g->image->desc->custom_stats(g->state, &sink);
     }

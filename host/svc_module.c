@@ -591,8 +591,9 @@ static mp_rpc_code bad_version(mp_pb_call *pc, mp_arena *a, const struct mp_inst
     for (const mp_generation *g = inst->gens; g; g = g->next)
         if (!atomic_load(&g->retired))
             live = mp_arena_printf(a, "%s%s%s", live, *live ? ", " : "", g->version);
-    *message = mp_arena_printf(a, "%s has no loaded version '%.*s' (loaded: %s)", inst->id,
-                               MP_VERSION_LEN, version, live);
+    *message = mp_arena_printf(a, "%s has no version '%.*s' (loaded: %s; kept for rollback: %s)",
+                               inst->id, MP_VERSION_LEN, version, live,
+                               inst->kept_version[0] ? inst->kept_version : "none");
     *error = wire_error(a, MARCHPROXY__STATUS_CODE__STATUS_CODE_NOT_FOUND, *message);
     return MP_RPC_OK;
 }
@@ -606,10 +607,18 @@ static mp_rpc_code set_traffic_weight(mp_pb_call *pc, const void *vreq, void *vr
     if (req->weight < 0 || req->weight > 100)
         return mp_pb_fail(pc, MP_RPC_INVALID_ARGUMENT, "weight must be 0..100, got %d",
                           req->weight);
-    mp_generation *g = mp_instance_find_generation(inst, req->version);
+    char err[512];
+    mp_generation *g = mp_instance_revive(inst, req->version, err, sizeof(err));
     if (!g)
         return bad_version(pc, a, inst, req->version, &resp->message, &resp->error);
     mp_generation *o = other_generation(inst, g);
+    if (!o && req->weight != 100) {
+        /* the other side of the split: the stable version, or the one kept from before */
+        const char *want = strcmp(g->version, inst->stable_version) != 0 ? inst->stable_version
+                                                                          : inst->kept_version;
+        if (*want)
+            o = mp_instance_revive(inst, want, err, sizeof(err));
+    }
     if (!o && req->weight != 100) {
         resp->success = false;
         resp->message = mp_arena_printf(a,
@@ -653,7 +662,8 @@ static mp_rpc_code get_active_version(mp_pb_call *pc, const void *vreq, void *vr
     return MP_RPC_OK;
 }
 
-/* Make g the stable version with all traffic; the previous stable stays on standby. */
+/* Make g the stable version with all traffic; the previous stable one drains away and
+ * its copy is kept for the next Rollback. */
 static void promote_now(struct mp_instance *inst, mp_generation *g)
 {
     mp_generation *old = mp_instance_find_generation(inst, inst->stable_version);
@@ -661,9 +671,10 @@ static void promote_now(struct mp_instance *inst, mp_generation *g)
         snprintf(inst->previous_version, sizeof(inst->previous_version), "%s",
                  inst->stable_version);
         snprintf(inst->stable_version, sizeof(inst->stable_version), "%s", g->version);
+        mp_instance_keep_previous(inst, old);
     }
     mp_instance_activate(inst, g);
-    mp_instance_keep(inst, g, old != g ? old : other_generation(inst, g));
+    mp_instance_settle(inst, g);
     inst->deployment_started_ns = 0;
     mp_logf(MP_LOG_INFO, inst->id, "version %s promoted to 100%%", g->version);
 }
@@ -698,9 +709,12 @@ static mp_rpc_code promote_version(mp_pb_call *pc, const void *vreq, void *vresp
     NEED_INSTANCE(inst, req->instance_id);
     if (req->promotion_rate < 0 || req->promotion_rate > 100)
         return mp_pb_fail(pc, MP_RPC_INVALID_ARGUMENT, "promotion_rate must be 0..100");
-    mp_generation *g = mp_instance_find_generation(inst, req->version);
+    char err[512];
+    mp_generation *g = mp_instance_revive(inst, req->version, err, sizeof(err));
     if (!g)
         return bad_version(pc, a, inst, req->version, &resp->message, &resp->error);
+    if (!other_generation(inst, g) && g->weight < 100)
+        g->weight = 100; /* nothing else is serving: a stepwise climb has no other side */
     resp->promoted_version = mp_arena_strdup(a, g->version);
     resp->success = true;
     if (req->immediate || req->promotion_rate == 0 || g->weight >= 100) {
@@ -729,13 +743,14 @@ static mp_rpc_code rollback(mp_pb_call *pc, const void *vreq, void *vresp)
     NEED_INSTANCE(inst, req->instance_id);
     const char *before = mp_arena_strdup(a, mp_instance_version(inst));
     mp_generation *target;
+    char err[512];
     bool in_canary = inst->canary || inst->promoting[0];
     if (req->target_version && *req->target_version)
-        target = mp_instance_find_generation(inst, req->target_version);
+        target = mp_instance_revive(inst, req->target_version, err, sizeof(err));
     else if (in_canary) /* abandon the canary: the stable version takes everything */
         target = mp_instance_find_generation(inst, inst->stable_version);
     else
-        target = mp_instance_find_generation(inst, inst->previous_version);
+        target = mp_instance_revive(inst, inst->previous_version, err, sizeof(err));
     if (!target) {
         const char *want = req->target_version && *req->target_version ? req->target_version
                            : in_canary                                 ? inst->stable_version
@@ -752,7 +767,7 @@ static mp_rpc_code rollback(mp_pb_call *pc, const void *vreq, void *vresp)
     }
     if (in_canary && target == mp_instance_find_generation(inst, inst->stable_version)) {
         mp_instance_activate(inst, target);
-        mp_instance_keep(inst, target, other_generation(inst, target));
+        mp_instance_settle(inst, target); /* the canary drains away */
         inst->deployment_started_ns = 0;
     } else {
         promote_now(inst, target);

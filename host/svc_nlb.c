@@ -1627,6 +1627,7 @@ static void restart_reasons(const mp_host_config *old, const mp_host_config *cur
     RESTART_IF(old->grpc.max_concurrent_streams != cur->grpc.max_concurrent_streams,
                "grpc.max_concurrent_streams");
     RESTART_IF(old->workers != cur->workers, "host.workers");
+    RESTART_IF(mp_config_listeners_differ(old, cur), "listeners");
 #undef RESTART_IF
 }
 

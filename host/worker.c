@@ -357,6 +357,11 @@ static void worker_free(mp_worker *w)
 
 int dp_workers_start(mp_host *h, char *err, size_t err_len)
 {
+    if (h->cfg->n_listeners == 0) {
+        /* Nothing can arrive; plugins only open connections from connections. */
+        mp_info("no listeners configured: the data plane stays idle");
+        return 0;
+    }
     long n = h->cfg->workers > 0 ? h->cfg->workers : sysconf(_SC_NPROCESSORS_ONLN);
     if (n < 1)
         n = 1;

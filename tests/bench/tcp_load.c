@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -89,6 +90,18 @@ static uint64_t hist_pct(double p)
         }
     }
     return g_hist_max;
+}
+
+/* This process's CPU use (user + system) as a percentage of one core over the wall time
+ * since t0: shows when the client itself, not the path, was the limit. */
+static double cpu_pct(uint64_t t0, uint64_t t1)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) < 0 || t1 <= t0)
+        return 0;
+    double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+                 (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+    return 100.0 * cpu / ((double)(t1 - t0) / 1e9);
 }
 
 static uint64_t now_ns(void)
@@ -326,11 +339,12 @@ static int run_conn(const struct conn_opts *o)
     double rate = (double)completed / o->secs;
     printf("RESULT mode=conn conc=%d size=%d secs=%.1f completed=%llu conn_per_s=%.0f "
            "p50_us=%llu p90_us=%llu p99_us=%llu p999_us=%llu max_us=%llu errors=%llu "
-           "in_flight_dropped=%d\n",
+           "in_flight_dropped=%d client_cpu_pct=%.0f\n",
            o->conc, o->size, o->secs, (unsigned long long)completed, rate,
            (unsigned long long)hist_pct(0.50), (unsigned long long)hist_pct(0.90),
            (unsigned long long)hist_pct(0.99), (unsigned long long)hist_pct(0.999),
-           (unsigned long long)g_hist_max, (unsigned long long)errors, in_flight);
+           (unsigned long long)g_hist_max, (unsigned long long)errors, in_flight,
+           cpu_pct(start, now_ns()));
     if (errors) {
         fprintf(stderr, "tcp_load: %llu errors in %llu connections (warmup included):",
                 (unsigned long long)errors, (unsigned long long)(completed_all + errors));
@@ -411,9 +425,9 @@ static int run_stream(struct sockaddr_in *dst, double secs, size_t wsize)
     if (!err && count != sent)
         err = "the backend counted a different number of bytes than were sent";
     printf("RESULT mode=stream secs=%.2f write_bytes=%zu sent=%llu received=%llu gbit_s=%.3f "
-           "send_gbit_s=%.3f drain_ms=%.1f errors=%d\n",
+           "send_gbit_s=%.3f drain_ms=%.1f errors=%d client_cpu_pct=%.0f\n",
            dur, wsize, (unsigned long long)sent, (unsigned long long)count, gbps, send_gbps,
-           (double)(t_end - t_sent) / 1e6, err ? 1 : 0);
+           (double)(t_end - t_sent) / 1e6, err ? 1 : 0, cpu_pct(t0, t_end));
     if (err) {
         fprintf(stderr, "tcp_load: stream: %s (sent %llu, backend counted %llu)\n", err,
                 (unsigned long long)sent, (unsigned long long)count);

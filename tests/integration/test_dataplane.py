@@ -448,3 +448,41 @@ def test_io_uring_refused_is_one_clear_line(tmp_path):
     lines = [l for l in r.stderr.splitlines() if "io_uring" in l]
     assert len(lines) == 1, r.stderr
     assert "io_uring is not available (Operation not permitted)" in lines[0]
+
+
+def test_reload_drain_timeout_and_not_graceful(start_host):
+    h, port = tcp_host(start_host)
+    m = h.pb.module_pb2
+
+    def open_conn():
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert read_line(s) == b"mptest 1.0.0\n"
+        return s
+
+    def new_build(extra):
+        data = test_plugin_path().read_bytes() + extra  # same code, a new generation
+        tmp = h.dir / "next.so"
+        tmp.write_bytes(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, h.plugin_dir / "mptest.so")
+
+    # graceful with a 1 s bound: the old connection works, then is closed at the bound
+    s = open_conn()
+    new_build(b"\0a")
+    t0 = time.monotonic()
+    assert h.module.Reload(m.ReloadRequest(instance_id="echo", graceful=True,
+                                           timeout_seconds=1), timeout=T).success
+    s.sendall(b"still")
+    assert s.recv(5) == b"still"
+    assert s.recv(10) == b""  # closed by the host at the drain deadline
+    assert 0.8 < time.monotonic() - t0 < 3
+    stats = h.module.GetStats(m.GetStatsRequest(instance_id="echo"), timeout=T).stats
+    assert stats.custom_stats["connections_closed_at_drain"] == "1"
+    # not graceful: closed at once
+    s2 = open_conn()
+    new_build(b"\0b")
+    t0 = time.monotonic()
+    assert h.module.Reload(m.ReloadRequest(instance_id="echo", graceful=False),
+                           timeout=T).success
+    assert s2.recv(10) == b""
+    assert time.monotonic() - t0 < 0.8
