@@ -65,12 +65,9 @@ int mp_host_init(mp_host *h, const char *config_path, char *err, size_t err_len)
     mp_log_set_level((mp_log_level)cfg->log_level);
 
     char cache[4096];
-    snprintf(cache, sizeof(cache), "%s/plugin-cache", cfg->state_dir);
-    if ((mkdir(cfg->state_dir, 0700) < 0 && errno != EEXIST) ||
-        (mkdir(cache, 0700) < 0 && errno != EEXIST)) {
-        snprintf(err, err_len, "cannot create state directory %s: %s", cache, strerror(errno));
+    if ((rc = mp_state_dirs_ensure(cfg, cache, sizeof(cache), err, err_len)) < 0) {
         mp_config_free(cfg);
-        return -EIO;
+        return rc;
     }
     clean_plugin_cache(cache);
 

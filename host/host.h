@@ -221,6 +221,10 @@ int mp_host_read_config(const char *path, mp_host_config **cfg, char **text, siz
 int mp_host_apply_instance_settings(mp_host *h, struct mp_instance *inst,
                                     const config_setting_t *settings, char *msg,
                                     size_t msg_len);
+/* Create state_dir (with its parents) and its plugin-cache; the cache path goes to
+ * cache_dir. 0 or -errno with the reason. */
+int mp_state_dirs_ensure(const mp_host_config *cfg, char *cache_dir, size_t cache_len,
+                         char *err, size_t err_len);
 /* `marchproxy -t`: parse the config, load every plugin in plugin_dir (from a temporary
  * copy) and have each instance's plugin validate its settings. Nothing is created. */
 int mp_host_check_config(const char *path, char *err, size_t err_len);

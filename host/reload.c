@@ -277,13 +277,42 @@ static void reconcile_instance(mp_host *h, const wanted *w, mp_plugin_image *img
         note(o, false, "%s: %s -> %s", w->id, old_version, g->version);
 }
 
-static int ensure_dir(const char *path, char *err, size_t err_len)
+/* mkdir -p: missing parents get 0755, the directory itself 0700 (it holds private
+ * plugin copies and instance data). */
+static int make_dirs(const char *path, char *err, size_t err_len)
 {
-    if (mkdir(path, 0700) == 0 || errno == EEXIST)
-        return 0;
-    int e = errno;
-    snprintf(err, err_len, "cannot create %s: %s", path, strerror(e));
-    return -e;
+    char buf[4096];
+    if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf)) {
+        snprintf(err, err_len, "path too long: %.64s...", path);
+        return -ENAMETOOLONG;
+    }
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, 0755) < 0 && errno != EEXIST) {
+            int e = errno;
+            snprintf(err, err_len, "cannot create %s: %s", buf, strerror(e));
+            return -e;
+        }
+        *p = '/';
+    }
+    if (mkdir(buf, 0700) < 0 && errno != EEXIST) {
+        int e = errno;
+        snprintf(err, err_len, "cannot create %s: %s", buf, strerror(e));
+        return -e;
+    }
+    return 0;
+}
+
+int mp_state_dirs_ensure(const mp_host_config *cfg, char *cache_dir, size_t cache_len,
+                         char *err, size_t err_len)
+{
+    int rc = make_dirs(cfg->state_dir, err, err_len);
+    if (rc < 0)
+        return rc;
+    snprintf(cache_dir, cache_len, "%s/plugin-cache", cfg->state_dir);
+    return make_dirs(cache_dir, err, err_len);
 }
 
 int mp_host_apply_config(mp_host *h, mp_host_config *cfg, const char *only_id, char *msg,
@@ -293,9 +322,7 @@ int mp_host_apply_config(mp_host *h, mp_host_config *cfg, const char *only_id, c
     msg[0] = '\0';
     char err[1024];
     char cache_dir[4096];
-    snprintf(cache_dir, sizeof(cache_dir), "%s/plugin-cache", cfg->state_dir);
-    if (ensure_dir(cfg->state_dir, err, sizeof(err)) < 0 ||
-        ensure_dir(cache_dir, err, sizeof(err)) < 0) {
+    if (mp_state_dirs_ensure(cfg, cache_dir, sizeof(cache_dir), err, sizeof(err)) < 0) {
         note(&o, true, "%s", err);
         mp_config_free(cfg);
         return -EIO;
