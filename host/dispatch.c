@@ -101,8 +101,16 @@ static void hand_to_plugin(mp_conn *c, const dp_target *t)
         dp_conn_close(c, MP_CLOSE_LOCAL, -rc, false);
         return;
     }
-    if (early_len && c->state == CONN_OPEN && c->handler && c->handler->on_data)
-        c->handler->on_data(c->ctx, c, early, early_len);
+    if (early_len && c->state == CONN_OPEN) {
+        /* What the sniffer read comes first: to the plugin, or straight to the other
+         * side when the plugin has already joined this connection to the pump. */
+        if (c->pumping && c->pump_peer) {
+            if (w->host->api.conn_send(c->pump_peer, early, early_len) < 0)
+                dp_conn_close(c, MP_CLOSE_ERROR, EPIPE, true);
+        } else if (c->handler && c->handler->on_data) {
+            c->handler->on_data(c->ctx, c, early, early_len);
+        }
+    }
     free(early);
 }
 

@@ -156,6 +156,14 @@ def test_plugin_upstream_connect_and_pump(start_host, echo_server):
                                             "upstream": f"127.0.0.1:{echo_server}"})
     payload = os.urandom(1_000_000)
     assert roundtrip(port, payload) == payload
+    # a sniffed connection: the bytes read to decide the protocol reach the upstream too
+    sport = free_port()
+    h3, _ = tcp_host(start_host, settings={"tcp": "upstream",
+                                          "upstream": f"127.0.0.1:{echo_server}"},
+                     listeners=[listener_config(sport)],
+                     routes=[{"id": "http", "protocol": "http", "target": "echo"}])
+    req = b"GET /up HTTP/1.1\r\nHost: u\r\n\r\n" + os.urandom(5000)
+    assert roundtrip(sport, req) == req
     # an upstream that refuses: the client is closed, not left hanging
     dead = free_port()
     h2, port2 = tcp_host(start_host, settings={"tcp": "upstream", "upstream": f"127.0.0.1:{dead}"})
