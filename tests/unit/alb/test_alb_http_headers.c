@@ -4,7 +4,9 @@
  * removal, re-framing, X-Forwarded-*, Via, Host, target form), the size limit is
  * checked at every capacity, and one case runs the real parser in front of it.
  */
-#define _GNU_SOURCE /* memmem */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memmem (the build defines it already) */
+#endif
 #include "alb_http_headers.h"
 
 #include <stdio.h>
