@@ -541,9 +541,9 @@ void dp_conn_close(mp_conn *c, mp_close_reason reason, int err, bool abort)
         c->pump_peer = NULL;
         p->pump_peer = NULL;
         if (p->state != CONN_CLOSED) {
-            /* whatever the other side still has queued is delivered, then it closes */
+            /* whatever the other side still has queued is delivered, then it closes;
+             * its handler (on_close only, since the pump began) still reports that */
             p->pumping = false;
-            p->handler = NULL;
             dp_conn_close(p, reason, err, false);
         }
     }
@@ -594,8 +594,10 @@ static void on_connect(mp_conn *c, struct io_uring_cqe *cqe)
         snprintf(reason, sizeof(reason), "connect failed: %s", strerror(e));
         if (c->handler && c->handler->on_connect)
             c->handler->on_connect(c->ctx, c, -e, reason);
-        c->state = CONN_OPEN; /* so close below takes the normal path */
-        dp_conn_close(c, timed_out ? MP_CLOSE_TIMEOUT : MP_CLOSE_ERROR, e, true);
+        if (c->state != CONN_CLOSED) { /* the plugin may have closed it in the callback */
+            c->state = CONN_OPEN;      /* so the close below takes the normal path */
+            dp_conn_close(c, timed_out ? MP_CLOSE_TIMEOUT : MP_CLOSE_ERROR, e, true);
+        }
     }
     maybe_free(c);
 }

@@ -156,6 +156,19 @@ def test_plugin_upstream_connect_and_pump(start_host, echo_server):
                                             "upstream": f"127.0.0.1:{echo_server}"})
     payload = os.urandom(1_000_000)
     assert roundtrip(port, payload) == payload
+    for _ in range(20):
+        assert roundtrip(port, b"ping") == b"ping"
+    # every pumped connection still reports its end to the plugin, whichever side of
+    # the pump finished last
+    deadline = time.monotonic() + 5
+    while True:
+        cs = h.module.GetStats(h.pb.module_pb2.GetStatsRequest(instance_id="echo"),
+                               timeout=T).stats.custom_stats
+        closed = sum(int(v) for k, v in cs.items() if k.startswith("closed_"))
+        if closed == int(cs["connections"]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert closed == int(cs["connections"]) == 21, dict(cs)
     # a sniffed connection: the bytes read to decide the protocol reach the upstream too
     sport = free_port()
     h3, _ = tcp_host(start_host, settings={"tcp": "upstream",
