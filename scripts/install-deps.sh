@@ -11,7 +11,7 @@ apt-get update -q
 apt-get install -y -q --no-install-recommends \
     build-essential autoconf automake libtool pkg-config \
     libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev \
-    libconfig-dev liburing-dev libssl-dev libbson-dev libpcre2-dev \
+    libconfig-dev liburing-dev libssl-dev libbson-dev libpcre2-dev liblmdb-dev \
     protobuf-compiler protobuf-compiler-grpc \
     python3 python3-grpcio python3-protobuf python3-pytest \
     ca-certificates curl openssl

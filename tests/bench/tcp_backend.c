@@ -14,7 +14,9 @@
  * what limits the figures. Nothing is pinned. Prints "ready MODE ADDR PORT ..." on
  * stdout once listening; runs until SIGTERM/SIGINT.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>

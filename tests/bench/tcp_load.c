@@ -21,7 +21,9 @@
  * Prints one "RESULT key=value ..." line on stdout (run.sh parses it) and any errors by
  * kind on stderr. Exit 0 ok, 1 errors above the threshold, 2 usage or setup failure.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>

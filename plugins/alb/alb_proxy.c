@@ -1,0 +1,982 @@
+/*
+ * alb_proxy.c — one client connection of the ALB: parses its requests, routes each to an
+ * upstream server, forwards the rewritten head and the re-framed body, parses the
+ * response and streams it back re-framed for the client. Requests on one connection are
+ * served one at a time (pipelined ones wait, parser paused); the client keeps one
+ * upstream connection for its keep-alive requests while the route's upstream stays the
+ * same. Everything runs on the connection's worker; a session is freed only when the
+ * client connection is gone, the upstream is detached, and no callback is on the stack
+ * (close may report on_close synchronously from inside another callback).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "alb_http_headers.h"
+#include "alb_http_parser.h"
+#include "alb_internal.h"
+
+#define VIA_NAME "marchproxy-alb"
+#define MAX_FIELDS 256 /* parser default caps at 100 header lines */
+
+/* Fields of one message head, copied out of the parser's borrowed spans. Offsets, not
+ * pointers, so the buffer may grow while the head arrives. */
+typedef struct head_store {
+    char *buf;
+    size_t len, cap;
+    size_t n;
+    struct {
+        size_t no, nl, vo, vl;
+    } f[MAX_FIELDS];
+    size_t mo, ml, to, tl; /* request method / target, or response reason in mo/ml */
+} head_store;
+
+enum phase { P_IDLE, P_REQ, P_DONE };
+enum resp_mode { R_NONE, R_RAW, R_CHUNK };
+enum ctimer { CT_NONE, CT_IDLE, CT_HEADER };
+
+typedef struct sess {
+    alb_state *st;
+    const mp_host_api *api;
+    mp_conn *c, *u;
+    int u_upstream; /* upstream group u belongs to */
+    alb_http_parser rq, rs;
+    head_store rqh, rsh;
+    char client_ip[INET6_ADDRSTRLEN];
+    enum phase phase;
+    int local_status; /* set by a request callback: answer this locally and close */
+    int in_message;   /* request bytes seen since the last complete request */
+    int req_done, resp_started, client_close, client_ka, client_v10, upgrade_req;
+    int req_chunked;
+    enum alb_http_method req_method;
+    enum resp_mode rmode;
+    int rstatus;
+    uint64_t t_start, bytes_in, bytes_out;
+    uint8_t *stash; /* client bytes after a complete request, parsed once it is answered */
+    size_t stash_len;
+    int hold, c_bp, u_bp, c_paused, u_paused;
+    mp_timer *c_timer, *u_timer;
+    enum ctimer c_timer_kind;
+    int busy, c_gone;
+} sess;
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* ------------------------------------------------------------ head store */
+
+static int hs_put(head_store *h, const char *p, size_t n, size_t *off)
+{
+    if (h->len + n > h->cap) {
+        size_t cap = h->cap ? h->cap : 2048;
+        while (cap < h->len + n)
+            cap *= 2;
+        char *b = realloc(h->buf, cap);
+        if (!b)
+            return -1;
+        h->buf = b;
+        h->cap = cap;
+    }
+    memcpy(h->buf + h->len, p, n);
+    *off = h->len;
+    h->len += n;
+    return 0;
+}
+
+static void hs_reset(head_store *h)
+{
+    h->len = 0;
+    h->n = 0;
+    h->mo = h->ml = h->to = h->tl = 0;
+}
+
+static int hs_field(head_store *h, const char *name, size_t nl, const char *v, size_t vl)
+{
+    if (h->n == MAX_FIELDS)
+        return -1;
+    size_t no, vo;
+    if (hs_put(h, name, nl, &no) || hs_put(h, v, vl, &vo))
+        return -1;
+    h->f[h->n].no = no;
+    h->f[h->n].nl = nl;
+    h->f[h->n].vo = vo;
+    h->f[h->n].vl = vl;
+    h->n++;
+    return 0;
+}
+
+static int name_is(const head_store *h, size_t i, const char *name)
+{
+    size_t l = strlen(name);
+    return h->f[i].nl == l && strncasecmp(h->buf + h->f[i].no, name, l) == 0;
+}
+
+/* ------------------------------------------------------------ lifetime */
+
+static const mp_conn_handler client_handler, up_handler, dead_handler;
+static const struct alb_http_callbacks rs_callbacks;
+
+static void sess_free(sess *s)
+{
+    free(s->rqh.buf);
+    free(s->rsh.buf);
+    free(s->stash);
+    free(s);
+}
+
+static void enter(sess *s) { s->busy++; }
+
+static void leave(sess *s)
+{
+    if (--s->busy == 0 && s->c_gone && !s->u)
+        sess_free(s);
+}
+
+static void set_c_paused(sess *s)
+{
+    if (!s->c)
+        return;
+    int want = s->hold || s->c_bp;
+    if (want && !s->c_paused) {
+        s->c_paused = 1;
+        s->api->conn_pause(s->c);
+    } else if (!want && s->c_paused) {
+        s->c_paused = 0;
+        s->api->conn_resume(s->c); /* may deliver held bytes right here */
+    }
+}
+
+static void set_u_paused(sess *s)
+{
+    if (!s->u)
+        return;
+    if (s->u_bp && !s->u_paused) {
+        s->u_paused = 1;
+        s->api->conn_pause(s->u);
+    } else if (!s->u_bp && s->u_paused) {
+        s->u_paused = 0;
+        s->api->conn_resume(s->u);
+    }
+}
+
+static void cancel_c_timer(sess *s)
+{
+    if (s->c_timer && s->c)
+        s->api->timer_cancel(s->c, s->c_timer);
+    s->c_timer = NULL;
+    s->c_timer_kind = CT_NONE;
+}
+
+static void cancel_u_timer(sess *s)
+{
+    if (s->u_timer && s->u)
+        s->api->timer_cancel(s->u, s->u_timer);
+    s->u_timer = NULL;
+}
+
+/* Lets go of the upstream connection. `close_it` is 0 only while the host is already
+ * closing it (failed connect), where closing again from the callback is not wanted. */
+static void drop_u(sess *s, int close_it)
+{
+    mp_conn *u = s->u;
+    if (!u)
+        return;
+    cancel_u_timer(s);
+    s->u = NULL;
+    s->u_paused = s->u_bp = 0;
+    s->api->conn_set_handler(u, &dead_handler, NULL);
+    if (close_it)
+        s->api->conn_abort(u);
+    if (s->c_bp) { /* the client was paused only for this upstream's sake */
+        s->c_bp = 0;
+        if (!s->c_gone)
+            set_c_paused(s);
+    }
+}
+
+static void close_client(sess *s)
+{
+    if (!s->c)
+        return;
+    cancel_c_timer(s);
+    s->phase = P_DONE;
+    s->hold = 1;
+    s->api->conn_close(s->c); /* after the queued response is written */
+}
+
+static void c_send(sess *s, const void *p, size_t n)
+{
+    if (!s->c || !n)
+        return;
+    s->bytes_out += n;
+    if (s->api->conn_send(s->c, p, n) == 1 && s->u) {
+        s->u_bp = 1; /* the client reads slowly: stop reading the upstream */
+        set_u_paused(s);
+    }
+}
+
+static void u_send(sess *s, const void *p, size_t n)
+{
+    if (!s->u || !n)
+        return;
+    if (s->api->conn_send(s->u, p, n) == 1) {
+        s->c_bp = 1; /* the upstream reads slowly: stop reading the client */
+        set_c_paused(s);
+    }
+}
+
+static const char *reason_of(int st)
+{
+    switch (st) {
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Error";
+    }
+}
+
+/* Answers the current request from the proxy itself and closes the client: after an
+ * error the rest of the connection's bytes cannot be trusted to be framed right. */
+static void send_local(sess *s, int status)
+{
+    drop_u(s, 1);
+    if (!s->c || s->phase == P_DONE)
+        return;
+    char body[96], head[256];
+    int bl = snprintf(body, sizeof(body), "%d %s\n", status, reason_of(status));
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                      "Connection: close\r\n\r\n",
+                      status, reason_of(status), bl);
+    c_send(s, head, (size_t)hl);
+    if (s->req_method != ALB_HTTP_M_HEAD)
+        c_send(s, body, (size_t)bl);
+    atomic_fetch_add(&s->st->local_errors, 1);
+    if (status == 502 || status == 504)
+        atomic_fetch_add(&s->st->upstream_errors, 1);
+    s->api->stats_request(s->st->inst, s->t_start ? now_us() - s->t_start : 0, status < 500,
+                          s->bytes_in, s->bytes_out);
+    close_client(s);
+}
+
+/* ------------------------------------------------------------ timers */
+
+static void c_timer_fired(void *arg)
+{
+    sess *s = arg;
+    enter(s);
+    enum ctimer kind = s->c_timer_kind;
+    s->c_timer = NULL;
+    s->c_timer_kind = CT_NONE;
+    if (kind == CT_HEADER)
+        send_local(s, 408);
+    else if (kind == CT_IDLE)
+        close_client(s);
+    leave(s);
+}
+
+static void start_c_timer(sess *s, enum ctimer kind, uint32_t ms)
+{
+    cancel_c_timer(s);
+    if (!s->c)
+        return;
+    s->c_timer = s->api->timer_add(s->c, ms, c_timer_fired, s);
+    s->c_timer_kind = s->c_timer ? kind : CT_NONE;
+}
+
+static void u_timer_fired(void *arg)
+{
+    sess *s = arg;
+    enter(s);
+    s->u_timer = NULL;
+    if (!s->resp_started)
+        send_local(s, 504);
+    leave(s);
+}
+
+/* ------------------------------------------------------------ request side */
+
+static int rq_begin(alb_http_parser *p)
+{
+    sess *s = p->user;
+    hs_reset(&s->rqh);
+    s->t_start = now_us();
+    s->bytes_in = s->bytes_out = 0;
+    s->req_done = s->resp_started = s->upgrade_req = s->req_chunked = 0;
+    s->rstatus = 0;
+    s->rmode = R_NONE;
+    s->in_message = 1;
+    start_c_timer(s, CT_HEADER, s->st->cfg.header_ms);
+    return 0;
+}
+
+static int rq_start(alb_http_parser *p, const struct alb_http_start_line *sl)
+{
+    sess *s = p->user;
+    if (hs_put(&s->rqh, sl->method.p, sl->method.len, &s->rqh.mo) ||
+        hs_put(&s->rqh, sl->target.p, sl->target.len, &s->rqh.to))
+        return -1;
+    s->rqh.ml = sl->method.len;
+    s->rqh.tl = sl->target.len;
+    s->req_method = sl->method_id;
+    s->bytes_in += sl->method.len + sl->target.len + 12;
+    return 0;
+}
+
+static int rq_header(alb_http_parser *p, const char *n, size_t nl, const char *v, size_t vl)
+{
+    sess *s = p->user;
+    s->bytes_in += nl + vl + 4;
+    return hs_field(&s->rqh, n, nl, v, vl);
+}
+
+static void up_start_response(sess *s)
+{
+    alb_http_parser_set_request_method(&s->rs, s->req_method);
+    cancel_u_timer(s);
+    s->u_timer = s->api->timer_add(s->u, s->st->cfg.response_ms, u_timer_fired, s);
+}
+
+/* Connects (or keeps) the upstream connection for group `ui`; 0 or an HTTP status. */
+static int ensure_upstream(sess *s, int ui)
+{
+    if (s->u && s->u_upstream == ui)
+        return 0;
+    drop_u(s, 1);
+    alb_upstream *up = &s->st->cfg.upstreams[ui];
+    uint64_t k = atomic_fetch_add(&up->rr, 1);
+    const alb_server *sv = &up->servers[k % (uint64_t)up->nservers];
+    mp_conn *u = NULL;
+    int rc = s->api->conn_connect(s->c, (const struct sockaddr *)&sv->addr, sv->addr_len,
+                                  s->st->cfg.connect_ms, &up_handler, s, &u);
+    if (rc < 0) {
+        s->api->log(s->st->inst, MP_LOG_WARN, "alb: connect to %s failed: %s", sv->text,
+                    strerror(-rc));
+        return 502;
+    }
+    s->u = u;
+    s->u_upstream = ui;
+    alb_http_parser_init(&s->rs, ALB_HTTP_RESPONSE, NULL, &rs_callbacks, s);
+    return 0;
+}
+
+static int rq_headers_complete(alb_http_parser *p)
+{
+    sess *s = p->user;
+    const struct alb_http_msg *m = &p->msg;
+    cancel_c_timer(s);
+    s->client_ka = m->keep_alive;
+    s->client_v10 = m->version_minor == 0;
+    s->upgrade_req = m->upgrade;
+    if (m->method == ALB_HTTP_M_CONNECT) {
+        s->local_status = 501; /* not a forward proxy */
+        return ALB_HTTP_CB_PAUSE;
+    }
+    head_store *h = &s->rqh;
+    int ri = alb_config_match(&s->st->cfg, m->authority, m->authority_len, h->buf + h->to,
+                              h->tl);
+    if (ri < 0) {
+        s->local_status = 404;
+        return ALB_HTTP_CB_PAUSE;
+    }
+    struct alb_http_field fields[MAX_FIELDS];
+    for (size_t i = 0; i < h->n; i++)
+        fields[i] = (struct alb_http_field){h->buf + h->f[i].no, h->f[i].nl,
+                                            h->buf + h->f[i].vo, h->f[i].vl};
+    struct alb_fwd_request fr = {
+        .method = h->buf + h->mo, .method_len = h->ml, .target = h->buf + h->to,
+        .target_len = h->tl, .form = m->form, .fields = fields, .nfields = h->n,
+        .authority = m->authority, .authority_len = m->authority_len, .upgrade = m->upgrade,
+    };
+    struct alb_fwd_opts o = {
+        .client_addr = s->client_ip, .via_name = VIA_NAME, .pass_upgrade = 1,
+        .framing = m->framing == ALB_HTTP_BODY_CHUNKED  ? ALB_FWD_BODY_CHUNKED
+                   : m->framing == ALB_HTTP_BODY_LENGTH ? ALB_FWD_BODY_LENGTH
+                                                        : ALB_FWD_BODY_NONE,
+        .content_length = m->content_length,
+    };
+    s->req_chunked = o.framing == ALB_FWD_BODY_CHUNKED;
+    size_t cap = h->len + h->n * 4 + 2 * m->authority_len + 1024, olen = 0;
+    char *out = malloc(cap);
+    if (!out) {
+        s->local_status = 500;
+        return ALB_HTTP_CB_PAUSE;
+    }
+    enum alb_hdr_rc hr = alb_http_build_upstream_head(&fr, &o, out, cap, &olen);
+    if (hr != ALB_HDR_OK) {
+        free(out);
+        s->local_status = hr == ALB_HDR_E_NOSPACE ? 431 : 400;
+        return ALB_HTTP_CB_PAUSE;
+    }
+    int st = ensure_upstream(s, s->st->cfg.routes[ri].upstream);
+    if (st) {
+        free(out);
+        s->local_status = st;
+        return ALB_HTTP_CB_PAUSE;
+    }
+    s->phase = P_REQ;
+    up_start_response(s);
+    u_send(s, out, olen);
+    free(out);
+    return 0;
+}
+
+static int rq_body(alb_http_parser *p, const char *d, size_t n)
+{
+    sess *s = p->user;
+    s->bytes_in += n;
+    if (s->req_chunked) {
+        char hx[24];
+        int hl = snprintf(hx, sizeof(hx), "%zx\r\n", n);
+        u_send(s, hx, (size_t)hl);
+        u_send(s, d, n);
+        u_send(s, "\r\n", 2);
+    } else {
+        u_send(s, d, n);
+    }
+    return 0;
+}
+
+static int rq_complete(alb_http_parser *p)
+{
+    sess *s = p->user;
+    s->in_message = 0;
+    if (s->local_status)
+        return ALB_HTTP_CB_PAUSE;
+    if (s->req_chunked)
+        u_send(s, "0\r\n\r\n", 5);
+    s->req_done = 1;
+    return ALB_HTTP_CB_PAUSE; /* the next pipelined request waits for this response */
+}
+
+static const struct alb_http_callbacks rq_callbacks = {
+    .on_message_begin = rq_begin,
+    .on_start_line = rq_start,
+    .on_header = rq_header,
+    .on_headers_complete = rq_headers_complete,
+    .on_body = rq_body,
+    .on_message_complete = rq_complete,
+};
+
+static void stash_add(sess *s, const uint8_t *d, size_t n)
+{
+    if (!n)
+        return;
+    uint8_t *b = realloc(s->stash, s->stash_len + n);
+    if (!b) {
+        send_local(s, 500);
+        return;
+    }
+    memcpy(b + s->stash_len, d, n);
+    s->stash = b;
+    s->stash_len += n;
+}
+
+/* Feeds client bytes to the request parser until they are used up or a request waits. */
+static void feed_client(sess *s, const uint8_t *d, size_t n)
+{
+    if (s->hold) {
+        stash_add(s, d, n);
+        return;
+    }
+    size_t used = 0;
+    enum alb_http_rc rc = alb_http_parser_execute(&s->rq, (const char *)d, n, &used);
+    if (!s->c || s->phase == P_DONE)
+        return;
+    if (s->local_status) {
+        send_local(s, s->local_status);
+        return;
+    }
+    switch (rc) {
+    case ALB_HTTP_OK:
+        return;
+    case ALB_HTTP_PAUSED:
+    case ALB_HTTP_UPGRADE:
+        if (!s->req_done && rc == ALB_HTTP_PAUSED)
+            return; /* cannot happen: only rq_complete pauses without local_status */
+        s->hold = 1;
+        stash_add(s, d + used, n - used);
+        set_c_paused(s);
+        return;
+    case ALB_HTTP_CLOSED:
+        s->client_close = 1; /* the client said this was its last request */
+        s->hold = 1;
+        set_c_paused(s);
+        return;
+    case ALB_HTTP_ERROR: {
+        enum alb_http_err e = alb_http_parser_error(&s->rq);
+        s->api->log(s->st->inst, MP_LOG_DEBUG, "alb: bad request from %s: %s", s->client_ip,
+                    alb_http_err_name(e));
+        if (s->resp_started) {
+            drop_u(s, 1);
+            s->api->conn_abort(s->c);
+        } else {
+            send_local(s, alb_http_err_status(e));
+        }
+        return;
+    }
+    }
+}
+
+/* ------------------------------------------------------------ response side */
+
+static int rs_begin(alb_http_parser *p)
+{
+    sess *s = p->user;
+    hs_reset(&s->rsh);
+    return 0;
+}
+
+static int rs_start(alb_http_parser *p, const struct alb_http_start_line *sl)
+{
+    sess *s = p->user;
+    s->rstatus = sl->status;
+    s->rsh.ml = sl->reason.len;
+    return hs_put(&s->rsh, sl->reason.p, sl->reason.len, &s->rsh.mo);
+}
+
+static int rs_header(alb_http_parser *p, const char *n, size_t nl, const char *v, size_t vl)
+{
+    sess *s = p->user;
+    return hs_field(&s->rsh, n, nl, v, vl);
+}
+
+/* A response field that does not cross the proxy: hop-by-hop ones, those the upstream's
+ * Connection names, and the framing fields, which are re-made for the client. */
+static int resp_field_dropped(const head_store *h, size_t i, int keep_framing, int keep_upgrade)
+{
+    static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "te",
+                                      "trailer", NULL};
+    for (int k = 0; hop[k]; k++)
+        if (name_is(h, i, hop[k]))
+            return 1;
+    if (name_is(h, i, "upgrade"))
+        return !keep_upgrade;
+    if (name_is(h, i, "content-length") || name_is(h, i, "transfer-encoding"))
+        return !keep_framing;
+    for (size_t j = 0; j < h->n; j++)
+        if (name_is(h, j, "connection") &&
+            alb_http_list_has(h->buf + h->f[j].vo, h->f[j].vl, h->buf + h->f[i].no, h->f[i].nl))
+            return 1;
+    return 0;
+}
+
+static int rs_headers_complete(alb_http_parser *p)
+{
+    sess *s = p->user;
+    const struct alb_http_msg *m = &p->msg;
+    head_store *h = &s->rsh;
+    int st = s->rstatus;
+    cancel_u_timer(s);
+    int informational = st < 200 && st != 101;
+    int upgrade = st == 101 && s->upgrade_req;
+    if (st == 101 && !s->upgrade_req)
+        return -1; /* 101 to a request that asked for no upgrade: broken upstream */
+    if (informational && s->client_v10)
+        return 0; /* HTTP/1.0 clients get no 1xx (RFC 9110 15.2) */
+    int keep_framing = 0;
+    const char *framing = "";
+    char clbuf[48];
+    if (!informational && !upgrade) {
+        s->resp_started = 1;
+        if (s->req_method == ALB_HTTP_M_HEAD || st == 304) {
+            keep_framing = 1; /* they describe the body a GET would have had */
+            s->rmode = R_NONE;
+        } else if (m->framing == ALB_HTTP_BODY_NONE) {
+            s->rmode = R_NONE;
+            if (st != 204 && st >= 200)
+                framing = "Content-Length: 0\r\n";
+        } else if (m->framing == ALB_HTTP_BODY_LENGTH) {
+            s->rmode = R_RAW;
+            snprintf(clbuf, sizeof(clbuf), "Content-Length: %llu\r\n",
+                     (unsigned long long)m->content_length);
+            framing = clbuf;
+        } else if (!s->client_v10) {
+            s->rmode = R_CHUNK; /* chunked or close-delimited upstream: chunk for the client */
+            framing = "Transfer-Encoding: chunked\r\n";
+        } else {
+            s->rmode = R_RAW; /* an HTTP/1.0 client reads to the close */
+            s->client_close = 1;
+        }
+        if (!s->client_ka)
+            s->client_close = 1;
+    }
+    /* Build the head: status line, surviving fields, framing, Connection, Via. */
+    size_t cap = h->len + h->n * 4 + 256, len = 0;
+    char *out = malloc(cap);
+    if (!out)
+        return -1;
+    len += (size_t)snprintf(out, cap, "HTTP/1.1 %03d %.*s\r\n", st, (int)h->ml, h->buf + h->mo);
+    for (size_t i = 0; i < h->n; i++) {
+        if (resp_field_dropped(h, i, keep_framing, upgrade))
+            continue;
+        memcpy(out + len, h->buf + h->f[i].no, h->f[i].nl);
+        len += h->f[i].nl;
+        memcpy(out + len, ": ", 2);
+        len += 2;
+        memcpy(out + len, h->buf + h->f[i].vo, h->f[i].vl);
+        len += h->f[i].vl;
+        memcpy(out + len, "\r\n", 2);
+        len += 2;
+    }
+    const char *conn = "";
+    if (upgrade)
+        conn = "Connection: upgrade\r\n";
+    else if (!informational && s->client_close)
+        conn = "Connection: close\r\n";
+    else if (!informational && s->client_v10)
+        conn = "Connection: keep-alive\r\n";
+    len += (size_t)snprintf(out + len, cap - len, "%s%sVia: 1.1 " VIA_NAME "\r\n\r\n", framing,
+                            conn);
+    c_send(s, out, len);
+    free(out);
+    return 0;
+}
+
+static int rs_body(alb_http_parser *p, const char *d, size_t n)
+{
+    sess *s = p->user;
+    if (s->rmode == R_CHUNK) {
+        char hx[24];
+        int hl = snprintf(hx, sizeof(hx), "%zx\r\n", n);
+        c_send(s, hx, (size_t)hl);
+        c_send(s, d, n);
+        c_send(s, "\r\n", 2);
+    } else if (s->rmode == R_RAW) {
+        c_send(s, d, n);
+    }
+    return 0;
+}
+
+static int rs_complete(alb_http_parser *p)
+{
+    sess *s = p->user;
+    if (s->rstatus < 200 && s->rstatus != 101)
+        return 0; /* the final response follows */
+    if (s->rmode == R_CHUNK)
+        c_send(s, "0\r\n\r\n", 5);
+    return ALB_HTTP_CB_PAUSE;
+}
+
+static const struct alb_http_callbacks rs_callbacks = {
+    .on_message_begin = rs_begin,
+    .on_start_line = rs_start,
+    .on_header = rs_header,
+    .on_headers_complete = rs_headers_complete,
+    .on_body = rs_body,
+    .on_message_complete = rs_complete,
+};
+
+/* The response was sent in full: account it, then keep or drop each side. */
+static void finish_exchange(sess *s, int upstream_reusable)
+{
+    atomic_fetch_add(&s->st->requests, 1);
+    s->api->stats_request(s->st->inst, now_us() - s->t_start, s->rstatus < 500, s->bytes_in,
+                          s->bytes_out);
+    cancel_u_timer(s);
+    if (!s->req_done) {
+        /* Answered before the request body ended: the rest of it is still on both
+         * connections, so neither can carry another request. */
+        upstream_reusable = 0;
+        s->client_close = 1;
+    }
+    if (!upstream_reusable)
+        drop_u(s, 1);
+    if (s->client_close || !s->client_ka) {
+        close_client(s);
+        return;
+    }
+    s->phase = P_IDLE;
+    s->hold = 0;
+    s->local_status = 0;
+    start_c_timer(s, CT_IDLE, s->st->cfg.idle_ms);
+    uint8_t *pending = s->stash;
+    size_t plen = s->stash_len;
+    s->stash = NULL;
+    s->stash_len = 0;
+    if (plen)
+        feed_client(s, pending, plen);
+    free(pending);
+    if (s->c && !s->c_gone)
+        set_c_paused(s);
+}
+
+static void upgrade_to_pump(sess *s, const uint8_t *rest, size_t rest_len)
+{
+    /* Bytes already read on either side go first, in order; then the host pumps. */
+    c_send(s, rest, rest_len);
+    if (s->stash_len)
+        u_send(s, s->stash, s->stash_len);
+    free(s->stash);
+    s->stash = NULL;
+    s->stash_len = 0;
+    atomic_fetch_add(&s->st->requests, 1);
+    s->api->stats_request(s->st->inst, now_us() - s->t_start, 1, s->bytes_in, s->bytes_out);
+    cancel_u_timer(s);
+    cancel_c_timer(s);
+    mp_conn *c = s->c, *u = s->u;
+    s->phase = P_DONE;
+    if (s->c_paused)
+        s->api->conn_resume(c);
+    if (s->u_paused)
+        s->api->conn_resume(u);
+    s->c_paused = s->u_paused = 0;
+    /* The pump keeps only on_close, and the host drops the partner's handler when one
+     * side closes, so the client's on_close may never come: the session lets go of
+     * both connections here and is freed when this callback unwinds. */
+    s->api->conn_set_handler(u, &dead_handler, NULL);
+    s->api->conn_set_handler(c, &dead_handler, NULL);
+    s->u = NULL;
+    s->u_timer = NULL;
+    s->c = NULL;
+    s->c_gone = 1;
+    if (s->api->conn_pump(c, u) < 0) {
+        s->api->conn_abort(u);
+        s->api->conn_abort(c);
+    }
+}
+
+static void feed_upstream(sess *s, const uint8_t *d, size_t n)
+{
+    if (s->phase != P_REQ) {
+        drop_u(s, 1); /* bytes nobody asked for: the connection is not trustworthy */
+        return;
+    }
+    size_t used = 0;
+    enum alb_http_rc rc = alb_http_parser_execute(&s->rs, (const char *)d, n, &used);
+    if (!s->u || !s->c)
+        return;
+    switch (rc) {
+    case ALB_HTTP_OK:
+        return;
+    case ALB_HTTP_UPGRADE:
+        if (s->rstatus == 101) {
+            upgrade_to_pump(s, d + used, n - used);
+            return;
+        }
+        /* a CONNECT tunnel is never forwarded (refused earlier) */
+        send_local(s, 502);
+        return;
+    case ALB_HTTP_PAUSED:
+    case ALB_HTTP_CLOSED:
+        if (s->upgrade_req && s->rstatus != 101)
+            alb_http_parser_resume_http(&s->rq); /* upgrade refused: still HTTP */
+        finish_exchange(s, rc == ALB_HTTP_PAUSED && used == n && s->rs.msg.keep_alive);
+        return;
+    case ALB_HTTP_ERROR:
+        s->api->log(s->st->inst, MP_LOG_WARN, "alb: bad response from upstream: %s",
+                    alb_http_err_name(alb_http_parser_error(&s->rs)));
+        if (!s->resp_started) {
+            send_local(s, 502);
+        } else {
+            drop_u(s, 1);
+            s->api->conn_abort(s->c);
+        }
+        return;
+    }
+}
+
+/* ------------------------------------------------------------ connection callbacks */
+
+static void c_data(void *ctx, mp_conn *c, const uint8_t *d, size_t n)
+{
+    sess *s = ctx;
+    enter(s);
+    if (s->phase == P_IDLE && !s->in_message)
+        cancel_c_timer(s);
+    feed_client(s, d, n);
+    leave(s);
+}
+
+static void c_eof(void *ctx, mp_conn *c)
+{
+    sess *s = ctx;
+    enter(s);
+    if (s->phase == P_REQ) {
+        s->client_close = 1; /* half-closed after its request: answer, then close */
+        if (!s->req_done && !s->hold) {
+            /* the body was cut short */
+            if (alb_http_parser_finish(&s->rq) == ALB_HTTP_ERROR) {
+                if (s->resp_started) {
+                    drop_u(s, 1);
+                    s->api->conn_abort(c);
+                } else {
+                    send_local(s, 400);
+                }
+            }
+        }
+    } else if (s->phase == P_IDLE) {
+        if (s->in_message && !s->hold)
+            send_local(s, 400); /* a truncated request head */
+        else
+            close_client(s);
+    }
+    leave(s);
+}
+
+static void c_drain(void *ctx, mp_conn *c)
+{
+    sess *s = ctx;
+    enter(s);
+    s->u_bp = 0;
+    set_u_paused(s);
+    leave(s);
+}
+
+static void c_closed(void *ctx, mp_conn *c, mp_close_reason reason, int err)
+{
+    sess *s = ctx;
+    enter(s);
+    s->c_timer = NULL; /* the host cancelled the connection's timers */
+    s->c = NULL;
+    s->c_gone = 1;
+    s->phase = P_DONE;
+    drop_u(s, 1);
+    leave(s);
+}
+
+static void u_connected(void *ctx, mp_conn *u, int err, const char *reason)
+{
+    sess *s = ctx;
+    if (err == 0 || u != s->u)
+        return;
+    enter(s);
+    s->api->log(s->st->inst, MP_LOG_WARN, "alb: upstream %s", reason ? reason : "failed");
+    drop_u(s, 0); /* the host closes it after this callback */
+    if (!s->resp_started)
+        send_local(s, err == -ETIMEDOUT ? 504 : 502);
+    else if (s->c)
+        s->api->conn_abort(s->c);
+    leave(s);
+}
+
+static void u_data(void *ctx, mp_conn *u, const uint8_t *d, size_t n)
+{
+    sess *s = ctx;
+    enter(s);
+    feed_upstream(s, d, n);
+    leave(s);
+}
+
+static void u_lost(sess *s)
+{
+    if (s->phase != P_REQ) {
+        drop_u(s, 1); /* an idle keep-alive connection the upstream closed */
+        return;
+    }
+    enum alb_http_rc rc = alb_http_parser_finish(&s->rs);
+    if (rc == ALB_HTTP_CLOSED && s->resp_started) {
+        finish_exchange(s, 0); /* a close-delimited response ended */
+        return;
+    }
+    if (!s->resp_started) {
+        send_local(s, 502);
+    } else {
+        drop_u(s, 1);
+        if (s->c)
+            s->api->conn_abort(s->c);
+    }
+}
+
+static void u_eof(void *ctx, mp_conn *u)
+{
+    sess *s = ctx;
+    enter(s);
+    u_lost(s);
+    drop_u(s, 1);
+    leave(s);
+}
+
+static void u_drain(void *ctx, mp_conn *u)
+{
+    sess *s = ctx;
+    enter(s);
+    s->c_bp = 0;
+    set_c_paused(s);
+    leave(s);
+}
+
+static void u_closed(void *ctx, mp_conn *u, mp_close_reason reason, int err)
+{
+    sess *s = ctx;
+    if (u != s->u) {
+        /* after conn_pump both close through here; the client side owns the session */
+        return;
+    }
+    enter(s);
+    s->u_timer = NULL; /* the host cancelled the connection's timers */
+    s->u_paused = s->u_bp = 0;
+    s->u = NULL;
+    if (s->c_bp) {
+        s->c_bp = 0;
+        set_c_paused(s);
+    }
+    u_lost(s);
+    leave(s);
+}
+
+static void dead_closed(void *ctx, mp_conn *c, mp_close_reason reason, int err) {}
+
+static const mp_conn_handler client_handler = {
+    .struct_size = sizeof(mp_conn_handler),
+    .on_data = c_data,
+    .on_eof = c_eof,
+    .on_drain = c_drain,
+    .on_close = c_closed,
+};
+
+static const mp_conn_handler up_handler = {
+    .struct_size = sizeof(mp_conn_handler),
+    .on_data = u_data,
+    .on_eof = u_eof,
+    .on_drain = u_drain,
+    .on_connect = u_connected,
+    .on_close = u_closed,
+};
+
+static const mp_conn_handler dead_handler = {
+    .struct_size = sizeof(mp_conn_handler),
+    .on_close = dead_closed,
+};
+
+int alb_proxy_on_connection(alb_state *st, mp_conn *c, const mp_conn_info *info)
+{
+    sess *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->st = st;
+    s->api = st->api;
+    s->c = c;
+    s->u_upstream = -1;
+    s->phase = P_IDLE;
+    snprintf(s->client_ip, sizeof(s->client_ip), "unknown");
+    if (info && info->peer) {
+        if (info->peer->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)info->peer)->sin_addr,
+                      s->client_ip, sizeof(s->client_ip));
+        else if (info->peer->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)info->peer)->sin6_addr,
+                      s->client_ip, sizeof(s->client_ip));
+    }
+    alb_http_parser_init(&s->rq, ALB_HTTP_REQUEST, NULL, &rq_callbacks, s);
+    alb_http_parser_init(&s->rs, ALB_HTTP_RESPONSE, NULL, &rs_callbacks, s);
+    atomic_fetch_add(&st->connections, 1); /* the host keeps the live gauge itself */
+    st->api->conn_set_handler(c, &client_handler, s);
+    start_c_timer(s, CT_IDLE, st->cfg.idle_ms);
+    return 0;
+}

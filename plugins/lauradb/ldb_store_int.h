@@ -1,0 +1,68 @@
+/*
+ * ldb_store_int.h — what the storage layer's files (ldb_store.c, ldb_write.c,
+ * ldb_find.c, ldb_oplog.c) share and nothing above them sees: the store structure,
+ * namespace/collection-handle lookup, the oplog append, and LMDB error mapping.
+ */
+#ifndef LDB_STORE_INT_H
+#define LDB_STORE_INT_H
+
+#include "ldb_store.h"
+
+#include <lmdb.h>
+#include <pthread.h>
+
+/* A collection's LMDB handle, cached because mdb_dbi_open may not run concurrently
+ * with itself in one process (so readers must not call it on every find). */
+struct ldb_coll {
+    char ns[LDB_NS_MAX + 1];
+    MDB_dbi dbi;
+    struct ldb_coll *next;
+};
+
+struct ldb_wop; /* a queued write, ldb_write.c */
+
+struct ldb_store {
+    MDB_env *env;
+    MDB_dbi catalog; /* ns -> {created: date} */
+    MDB_dbi oplog;   /* big-endian op_id -> oplog entry document */
+
+    pthread_mutex_t dbi_mu; /* serialises mdb_dbi_open and guards colls */
+    struct ldb_coll *colls;
+
+    /* The group-commit queue: writers append, one of them at a time (the leader) takes
+     * a batch and commits it. */
+    pthread_mutex_t q_mu;
+    pthread_cond_t q_cv;
+    struct ldb_wop *q_head, *q_tail;
+    bool leader;
+    unsigned max_batch;
+
+    /* Only touched inside the write transaction, i.e. by one thread at a time; the
+     * leader handoff through q_mu orders those accesses. */
+    int64_t last_op_id;
+};
+
+/* Maps an LMDB return code to a negative errno and writes "what: message" to err. */
+int ldb_mdb_err(int rc, const char *what, char *err, size_t err_len);
+
+/* 0, or -EINVAL with a message: "db.coll", <= LDB_NS_MAX bytes, both parts non-empty. */
+int ldb_ns_check(const char *ns, char *err, size_t err_len);
+
+/* The collection's handle, creating the collection (its own committed transaction, and
+ * a catalog entry) when create is set. -ENOENT when absent and !create. Must not be
+ * called while this thread has a write transaction open. */
+int ldb_coll_dbi(ldb_store *s, const char *ns, bool create, MDB_dbi *out, char *err,
+                 size_t err_len);
+
+/* Appends one entry in txn with op_id s->last_op_id + 1 (then advancing it); doc, query
+ * and update may be NULL. The op_id goes to *op_id when non-NULL. */
+int ldb_oplog_append(ldb_store *s, MDB_txn *txn, const char *ns, ldb_op_type t,
+                     const bson_t *doc, const bson_t *query, const bson_t *update,
+                     int64_t *op_id, char *err, size_t err_len);
+
+/* Reads the highest op_id in txn into s->last_op_id; called once at open. */
+int ldb_oplog_recover(ldb_store *s, MDB_txn *txn, char *err, size_t err_len);
+
+int64_t ldb_now_ms(void);
+
+#endif
