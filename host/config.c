@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "config_view.h"
 #include "marchproxy/plugin.h"
@@ -1086,4 +1087,12 @@ bool mp_config_listeners_differ(const mp_host_config *a, const mp_host_config *b
             return true;
     }
     return false;
+}
+
+int mp_config_worker_count(const mp_host_config *cfg)
+{
+    long n = cfg && cfg->workers > 0 ? cfg->workers : sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    return n > MP_CONFIG_MAX_WORKERS ? MP_CONFIG_MAX_WORKERS : (int)n;
 }

@@ -114,6 +114,10 @@ int mp_config_load_string(const char *text, const char *name, const char *base_d
 
 void mp_config_free(mp_host_config *cfg);
 
+/* host.workers, or one per online CPU when 0; at most MP_CONFIG_MAX_WORKERS. */
+#define MP_CONFIG_MAX_WORKERS 256
+int mp_config_worker_count(const mp_host_config *cfg);
+
 /* Whether two configs listen differently (names or addresses): listening sockets are
  * opened at start, so such a change needs a restart. */
 bool mp_config_listeners_differ(const mp_host_config *a, const mp_host_config *b);

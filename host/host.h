@@ -31,7 +31,7 @@
 #define MP_MAX_EXTERNAL_MODULES 1024
 #define MP_MAX_RPC_PER_GENERATION 64
 #define MP_VERSION_LEN 96
-#define MP_MAX_WORKERS 256
+#define MP_MAX_WORKERS MP_CONFIG_MAX_WORKERS
 
 typedef struct mp_host mp_host;
 typedef struct mp_plugin_image mp_plugin_image;

@@ -478,11 +478,6 @@ static mp_rpc_code get_metrics(mp_pb_call *pc, const void *vreq, void *vresp)
     return MP_RPC_OK;
 }
 
-static int32_t all_workers(const mp_host *h)
-{
-    long n = h->cfg->workers > 0 ? h->cfg->workers : sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int32_t)n : 1;
-}
 
 static mp_rpc_code scale(mp_pb_call *pc, const void *vreq, void *vresp)
 {
@@ -494,7 +489,7 @@ static mp_rpc_code scale(mp_pb_call *pc, const void *vreq, void *vresp)
     if (!req->config)
         return mp_pb_fail(pc, MP_RPC_INVALID_ARGUMENT, "config is required");
     const Marchproxy__ScalingConfig *c = req->config;
-    int32_t workers = all_workers(h);
+    int32_t workers = mp_config_worker_count(h->cfg);
     int32_t current = inst->workers_desired > 0 ? inst->workers_desired : workers;
     if (c->min_instances < 0 || c->max_instances < 0 ||
         (c->max_instances && c->min_instances > c->max_instances)) {

@@ -44,7 +44,6 @@
 #define DEFAULT_UNHEALTHY 3
 #define DEFAULT_HEALTHY 2
 #define STREAM_MAX_INTERVAL_S 3600
-#define MAX_WORKERS 256
 
 typedef Marchproxy__StatusCode status_code;
 #define SC(name) MARCHPROXY__STATUS_CODE__STATUS_CODE_##name
@@ -1951,15 +1950,6 @@ static mp_rpc_code h_get_load_distribution(mp_pb_call *pc, const void *vreq, voi
 
 /* ------------------------------------------------------------------ TriggerScaling */
 
-static int32_t worker_count(const mp_host *h)
-{
-    int w = h->cfg ? h->cfg->workers : 0;
-    if (w <= 0) {
-        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        w = cpus > 0 ? (int)cpus : 1;
-    }
-    return w > MAX_WORKERS ? MAX_WORKERS : w;
-}
 
 static mp_rpc_code h_trigger_scaling(mp_pb_call *pc, const void *vreq, void *vresp)
 {
@@ -2011,7 +2001,7 @@ static mp_rpc_code h_trigger_scaling(mp_pb_call *pc, const void *vreq, void *vre
         resp->error = make_error(a, SC(ERROR), "%s", resp->message);
         return MP_RPC_OK;
     }
-    int32_t workers = worker_count(h);
+    int32_t workers = mp_config_worker_count(h->cfg);
     if (sc && sc->min_instances > 0)
         inst->scale_min = sc->min_instances;
     if (sc && sc->max_instances > 0)

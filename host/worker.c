@@ -362,9 +362,7 @@ int dp_workers_start(mp_host *h, char *err, size_t err_len)
         mp_info("no listeners configured: the data plane stays idle");
         return 0;
     }
-    long n = h->cfg->workers > 0 ? h->cfg->workers : sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1)
-        n = 1;
+    int n = mp_config_worker_count(h->cfg);
     h->workers = calloc((size_t)n, sizeof(mp_worker));
     if (!h->workers)
         return -ENOMEM;
