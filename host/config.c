@@ -350,7 +350,7 @@ static int load_host(loader *ld, const config_setting_t *root)
 {
     static const char *const keys[] = {"workers",   "plugin_dir", "state_dir",
                                        "log_level", "autoload",   "drain_timeout_ms",
-                                       NULL};
+                                       "state_store", NULL};
     mp_host_config *cfg = ld->cfg;
     const config_setting_t *h = section(root, "host");
     int rc;
@@ -386,6 +386,18 @@ static int load_host(loader *ld, const config_setting_t *root)
                                        "info, debug",
                                        level);
             cfg->log_level = found;
+        }
+        const char *store = NULL;
+        const config_setting_t *ss;
+        if ((rc = get_str(ld, h, "host", "state_store", false, &store, &ss)) < 0)
+            return rc;
+        if (store) {
+            if (!*store)
+                return mp_config_error(ss, ld->err, ld->err_len,
+                                       "host.state_store must name an instance");
+            if (!(cfg->state_store = strdup(store)))
+                return -ENOMEM;
+            cfg->state_store_line = config_setting_source_line(ss);
         }
         if ((rc = get_bool(ld, h, "host", "autoload", &cfg->autoload)) < 0 ||
             (rc = get_int(ld, h, "host", "drain_timeout_ms", 0, 3600000,
@@ -1072,6 +1084,7 @@ void mp_config_free(mp_host_config *cfg)
     free(cfg->instances);
     free(cfg->plugin_dir);
     free(cfg->state_dir);
+    free(cfg->state_store);
     free(cfg->dir);
     free(cfg->path);
     free(cfg);

@@ -90,6 +90,9 @@ typedef struct mp_host_config {
     bool autoload;          /* plugins in plugin_dir without an instance get one named
                              * after the plugin; default true */
     int64_t drain_timeout_ms; /* default 30000 */
+    char *state_store;      /* instance whose plugin keeps the host's gRPC-made state
+                             * (ABI 1.2 state_store); NULL = kept in memory only */
+    int state_store_line;
 
     mp_grpc_cfg grpc;
 

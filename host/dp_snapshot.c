@@ -16,6 +16,7 @@
 #include "dp.h"
 #include "log.h"
 #include "pb_util.h"
+#include "plugin_tables.h"
 #include "route_match.h"
 
 #define DP_PUBLISH_PERIOD_MS 50
@@ -154,7 +155,10 @@ static void add_instance_target(dp_snapshot *s, struct mp_instance *inst)
     t->weight = 100;
     t->type = t->n_gens ? t->gens[0]->image->desc->module_type : MP_MODULE_UNSPECIFIED;
     t->limiters = calloc(inst->rate_limits.n + 1, sizeof(*t->limiters));
-    for (size_t i = 0; t->limiters && i < inst->rate_limits.n; i++) {
+    /* a plugin that limits its requests itself has the limits; counting its
+     * connections too would spend each client's budget twice */
+    bool plugin_limits = t->n_gens && mp_generation_limits_requests(t->gens[0]);
+    for (size_t i = 0; t->limiters && !plugin_limits && i < inst->rate_limits.n; i++) {
         mp_msg_item *it = inst->rate_limits.items[i];
         if (!((const Marchproxy__RateLimit *)it->msg)->enabled)
             continue;

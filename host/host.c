@@ -18,6 +18,7 @@
 #include "pb_util.h"
 #include "plugin_loader.h"
 #include "rpc_proto.h"
+#include "state_persist.h"
 
 /* Private plugin copies left by a process that was killed are never in use at start. */
 static void clean_plugin_cache(const char *dir)
@@ -46,6 +47,9 @@ static void after_call(void *arg, const char *method)
         if (strncmp(method, *r, strlen(*r)) == 0)
             return;
     mp_host_touch(arg);
+    /* Heartbeats change liveness only, which is not kept across restarts */
+    if (strcmp(method, "Heartbeat") != 0)
+        mp_state_save(arg);
 }
 
 int mp_host_init(mp_host *h, const char *config_path, char *err, size_t err_len)
@@ -98,6 +102,8 @@ int mp_host_init(mp_host *h, const char *config_path, char *err, size_t err_len)
         mp_warn("started with problems: %s", msg);
     else
         mp_info("plugins: %s", msg);
+    if ((rc = mp_state_restore(h, err, err_len)) < 0)
+        return rc;
 
     /* Workers (and their listening sockets) before the control plane answers, so a
      * client that sees SERVING can connect to the listeners. */
@@ -129,6 +135,7 @@ void mp_host_stop_traffic(mp_host *h, int drain_ms)
 void mp_host_shutdown(mp_host *h)
 {
     mp_host_stop_traffic(h, 0);
+    mp_state_forget(h);
     while (h->instances)
         mp_instance_remove(h->instances);
     if (h->rpc)

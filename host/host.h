@@ -165,6 +165,7 @@ typedef struct mp_nlb {
 struct mp_host {
     char *config_path;
     mp_host_config *cfg;        /* the running config; owned */
+    const mp_host_config *applying_cfg; /* the one being applied, while it is */
     char *config_text;          /* the bytes it was parsed from (GetNLBConfig); owned */
     size_t config_text_len;
     uint64_t config_loaded_ns;
@@ -179,6 +180,7 @@ struct mp_host {
     mp_proc_sampler proc;       /* CPU sampling for stats (control thread) */
     /* set during a create() so register_rpc knows which generation is being built */
     mp_generation *creating;
+    struct mp_state_cache *state_cache; /* what state_persist.c last wrote */
 
     /* the data plane (worker.c, dp_snapshot.c) */
     struct mp_worker *workers;

@@ -94,7 +94,8 @@ static const char *api_instance_id(const mp_instance *inst) { return inst->id; }
 static const char *api_instance_state_dir(const mp_instance *inst)
 {
     static __thread char path[4096];
-    const char *base = inst->host->cfg->state_dir;
+    const mp_host *h = inst->host;
+    const char *base = (h->applying_cfg ? h->applying_cfg : h->cfg)->state_dir;
     snprintf(path, sizeof(path), "%s/instances", base);
     mkdir(path, 0700);
     snprintf(path, sizeof(path), "%s/instances/%s", base, inst->id);

@@ -22,6 +22,7 @@
 #include "marchproxy/module.pb-c.h"
 #include "pb_util.h"
 #include "plugin_loader.h"
+#include "plugin_tables.h"
 
 struct mp_instance *mp_host_find_instance(const mp_host *h, const char *id)
 {
@@ -440,6 +441,9 @@ int mp_generation_create(struct mp_instance *inst, mp_plugin_image *img,
     inst->gens = g;
     mp_logf(MP_LOG_INFO, inst->id, "generation %s created from %s", g->version,
             img->src_path);
+    char why[600];
+    if (mp_tables_push_all(inst, g, why, sizeof(why)) < 0)
+        mp_logf(MP_LOG_WARN, inst->id, "%s; it starts without them", why);
     *out = g;
     return 0;
 }

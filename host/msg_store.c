@@ -175,3 +175,45 @@ void mp_msg_store_destroy(mp_msg_store *s)
     s->items = NULL;
     s->cap = 0;
 }
+
+int mp_msg_store_copy(mp_msg_store *dst, const mp_msg_store *src)
+{
+    *dst = *src;
+    dst->items = NULL;
+    dst->n = dst->cap = 0;
+    if (!src->n)
+        return 0;
+    dst->items = calloc(src->n, sizeof(*dst->items));
+    if (!dst->items)
+        return -ENOMEM;
+    dst->cap = src->n;
+    for (size_t i = 0; i < src->n; i++) {
+        const mp_msg_item *from = src->items[i];
+        mp_msg_item *it = calloc(1, sizeof(*it));
+        ProtobufCMessage *copy = it ? mp_pb_clone(from->msg) : NULL;
+        char *owner = from->owner ? strdup(from->owner) : NULL;
+        if (!copy || (from->owner && !owner)) {
+            if (copy)
+                protobuf_c_message_free_unpacked(copy, NULL);
+            free(owner);
+            free(it);
+            mp_msg_store_destroy(dst);
+            return -ENOMEM;
+        }
+        *it = *from;
+        it->msg = copy;
+        it->key = key_of(dst, copy);
+        it->owner = owner;
+        it->aux = NULL; /* derived state is rebuilt on demand */
+        it->aux_free = NULL;
+        dst->items[dst->n++] = it;
+    }
+    return 0;
+}
+
+void mp_msg_store_replace(mp_msg_store *dst, mp_msg_store *src)
+{
+    mp_msg_store_destroy(dst);
+    *dst = *src;
+    memset(src, 0, sizeof(*src));
+}

@@ -53,6 +53,12 @@ int mp_msg_store_remove(mp_msg_store *s, const char *key); /* 0 or -ENOENT */
  * many were removed. */
 size_t mp_msg_store_remove_where(mp_msg_store *s, mp_origin origin, const char *owner);
 
+/* A deep copy of src (entries, owners, origins, times; not aux) into an uninitialised
+ * dst. 0 or -ENOMEM (dst then holds nothing). */
+int mp_msg_store_copy(mp_msg_store *dst, const mp_msg_store *src);
+/* dst's entries are destroyed and it takes over src's; src is left empty. */
+void mp_msg_store_replace(mp_msg_store *dst, mp_msg_store *src);
+
 /* Deep copy of any message (pack + unpack); NULL on failure. Free with
  * protobuf_c_message_free_unpacked(m, NULL). */
 ProtobufCMessage *mp_pb_clone(const ProtobufCMessage *m);

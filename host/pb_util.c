@@ -105,14 +105,21 @@ void mp_pb_map_add_msg(mp_arena *a, const ProtobufCMessageDescriptor *d, void *a
     mp_pb_append(a, arr, n, e);
 }
 
+void mp_pb_map_entry_str(const void *entry, const char **key, const char **value)
+{
+    const ProtobufCMessage *e = entry;
+    const ProtobufCMessageDescriptor *d = e->descriptor;
+    *key = *(char *const *)((const char *)e + d->fields[0].offset);
+    *value = *(char *const *)((const char *)e + d->fields[1].offset);
+}
+
 const char *mp_pb_map_get_str(void *const *entries, size_t n, const char *key)
 {
     for (size_t i = 0; i < n; i++) {
-        const ProtobufCMessage *e = entries[i];
-        const ProtobufCMessageDescriptor *d = e->descriptor;
-        const char *k = *(char *const *)((const char *)e + d->fields[0].offset);
+        const char *k, *v;
+        mp_pb_map_entry_str(entries[i], &k, &v);
         if (k && strcmp(k, key) == 0)
-            return *(char *const *)((const char *)e + d->fields[1].offset);
+            return v;
     }
     return NULL;
 }

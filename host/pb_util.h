@@ -27,6 +27,8 @@ void mp_pb_map_add_int(mp_arena *a, const ProtobufCMessageDescriptor *entry_desc
                        size_t *n, const char *key, int64_t value);
 void mp_pb_map_add_msg(mp_arena *a, const ProtobufCMessageDescriptor *entry_desc, void *arr,
                        size_t *n, const char *key, const ProtobufCMessage *value);
+/* The key and value of one entry of a map<string, string>. */
+void mp_pb_map_entry_str(const void *entry, const char **key, const char **value);
 /* Look up a string map's value by key; NULL if absent. */
 const char *mp_pb_map_get_str(void *const *entries, size_t n, const char *key);
 

@@ -21,6 +21,7 @@
 #include "marchproxy/types.pb-c.h"
 #include "pb_util.h"
 #include "plugin_loader.h"
+#include "plugin_tables.h"
 
 /* Collects human-readable outcome lines into one message. */
 typedef struct outcome {
@@ -182,6 +183,13 @@ static void apply_config_rate_limits(mp_host *h, const mp_host_config *cfg)
             continue; /* set over gRPC since: the operator's later word wins */
         if (mp_msg_store_put(&inst->rate_limits, &rl.base, NULL, MP_ORIGIN_CONFIG) < 0)
             mp_warn("rate limit %s: cannot store", rc->id);
+    }
+    /* the config's limits were validated generically; a plugin that enforces them
+     * itself may still refuse a target form it does not know */
+    for (struct mp_instance *inst = h->instances; inst; inst = inst->next) {
+        char err[600];
+        if (mp_tables_push_rate_limits(inst, NULL, err, sizeof(err)) < 0)
+            mp_warn("%s", err);
     }
 }
 
@@ -348,6 +356,7 @@ int mp_host_apply_config(mp_host *h, mp_host_config *cfg, const char *only_id, c
     wanted *w = calloc(cap, sizeof(*w));
     size_t n_w = w ? collect_wanted(cfg, &s, &empty, w, cap) : 0;
 
+    h->applying_cfg = cfg; /* what create() sees through instance_state_dir */
     for (size_t i = 0; i < n_w; i++) {
         if (only_id && strcmp(w[i].id, only_id) != 0)
             continue;
@@ -381,6 +390,7 @@ int mp_host_apply_config(mp_host *h, mp_host_config *cfg, const char *only_id, c
     if (old && mp_config_listeners_differ(old, cfg))
         note(&o, false, "listener changes take effect after a restart");
     h->cfg = cfg;
+    h->applying_cfg = NULL;
     h->config_loaded_ns = mp_wall_ns();
     mp_log_set_level((mp_log_level)cfg->log_level);
     apply_config_rate_limits(h, cfg);

@@ -117,6 +117,8 @@ static void check_destination(struct problems *p, const char *d)
                 MP_ROUTE_DEST_MAX);
         return;
     }
+    if (d[0] == '~')
+        return; /* a regular expression, for L7 plugins; the NLB never matches it */
     const char *rest = d;
     if (strncmp(d, "*.", 2) == 0) {
         rest = d + 2;
@@ -201,9 +203,12 @@ size_t mp_route_validate_all(const Marchproxy__Route *r, mp_route_problem_fn fn,
     }
     check_destination(&p, str_or_empty(r->destination_pattern));
     const char *path = str_or_empty(r->path_pattern);
-    if (*path && path[0] != '/') {
+    if (*path && path[0] != '/' && path[0] != '~' && !(path[0] == '=' && path[1] == '/')) {
         printable(path, shown, sizeof(shown), 64);
-        problem(&p, "path_pattern '%s' must start with '/'", shown);
+        problem(&p,
+                "path_pattern '%s' must start with '/' (a prefix), \"=/\" (exact) or '~' "
+                "(a regular expression)",
+                shown);
     }
     check_headers(&p, r);
     return p.n;
@@ -360,7 +365,9 @@ static bool header_present(const mp_route_request *q, const char *name, const ch
  *   restricted by source never matches a request without one).
  * destination_pattern: "" or "*" = any, else the host equals it case-insensitively, or
  *   "*.suffix" matches one or more labels before the suffix.
- * path_pattern: "" = any, else a literal prefix of the path.
+ * path_pattern: "" = any, "=/x" exactly that path, else a literal prefix of the path.
+ * Patterns starting with '~' (path or destination) are regular expressions that L7
+ *   plugins such as the ALB evaluate; the NLB's own matcher never matches them.
  * headers: each entry header must be present with an equal value (names
  *   case-insensitive, values exact).
  * source_port is validated but never matched: a request carries no source port.
@@ -375,10 +382,17 @@ bool mp_route_entry_matches(const Marchproxy__Route *e, const mp_route_request *
     if (*src && strcmp(src, "*") != 0 && !source_matches(src, q->source_ip))
         return false;
     const char *dst = str_or_empty(e->destination_pattern);
+    if (dst[0] == '~')
+        return false;
     if (*dst && strcmp(dst, "*") != 0 && !host_matches(dst, q->host))
         return false;
     const char *path = str_or_empty(e->path_pattern);
-    if (*path) {
+    if (path[0] == '~')
+        return false;
+    if (path[0] == '=') {
+        if (!q->path || strcmp(q->path, path + 1) != 0)
+            return false;
+    } else if (*path) {
         if (!q->path || strncmp(q->path, path, strlen(path)) != 0)
             return false;
     }

@@ -138,6 +138,10 @@ static void pb_dispatch(void *ctx, mp_rpc_call *raw, const uint8_t *data, size_t
     ProtobufCMessage *resp = mp_arena_alloc(pc->arena, od->sizeof_message);
     od->message_init(resp);
     mp_rpc_code code = b->handler.unary(pc, pc->req, resp);
+    /* Before the answer leaves: a change the client sees acknowledged must already be
+     * persisted (state_persist.c), so a crash right after cannot lose it. */
+    if (after_unary)
+        after_unary(after_unary_arg, b->method->name);
     if (code == MP_RPC_OK) {
         int rc = send_message(raw, resp);
         if (rc < 0 && rc != -ECANCELED) {
@@ -147,8 +151,6 @@ static void pb_dispatch(void *ctx, mp_rpc_call *raw, const uint8_t *data, size_t
     }
     mp_rpc_finish(raw, code, code == MP_RPC_OK ? NULL : pc->status_msg);
     pb_call_free(pc);
-    if (after_unary)
-        after_unary(after_unary_arg, b->method->name);
 }
 
 int mp_pb_stream_send(mp_pb_call *pc, const ProtobufCMessage *msg)

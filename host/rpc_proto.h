@@ -55,8 +55,9 @@ void mp_pb_stream_on_cancel(mp_pb_call *pc, void (*fn)(mp_pb_call *pc, void *arg
 /* Scratch slot for the stream's state. */
 void **mp_pb_user(mp_pb_call *pc);
 
-/* Run fn(arg, "Method") on the control thread after every unary call of a bound
- * service (the host marks its state changed so the data plane gets a new snapshot). */
+/* Run fn(arg, "Method") on the control thread after the handler of every unary call
+ * of a bound service and before its answer is sent (the host marks its state changed
+ * for the data plane and persists it). */
 void mp_pb_set_after_unary(void (*fn)(void *arg, const char *method), void *arg);
 
 /* Free every binding (at exit, after the server is destroyed). */

@@ -21,6 +21,7 @@
 #include "log.h"
 #include "marchproxy/module.pb-c.h"
 #include "pb_util.h"
+#include "plugin_tables.h"
 #include "query.h"
 #include "route_match.h"
 #include "rpc_proto.h"
@@ -169,6 +170,21 @@ static mp_rpc_code shutdown_instance(mp_pb_call *pc, const void *vreq, void *vre
 }
 
 /* ------------------------------------------------------------------ routes */
+
+/* Ends a change to one of inst's tables: its plugins get the new table, and a refusal
+ * (the old table is back) becomes the response. */
+static bool table_refused(mp_arena *a, struct mp_instance *inst, mp_msg_store *table,
+                          mp_table_change *change, protobuf_c_boolean *success, char **message,
+                          Marchproxy__Error **error)
+{
+    char why[600];
+    if (mp_table_change_commit(inst, table, change, why, sizeof(why)) == 0)
+        return false;
+    *success = false;
+    *message = mp_arena_strdup(a, why);
+    *error = wire_error(a, MARCHPROXY__STATUS_CODE__STATUS_CODE_INVALID_ARGUMENT, why);
+    return true;
+}
 
 static mp_rpc_code can_handle(mp_pb_call *pc, const void *vreq, void *vresp)
 {
@@ -329,12 +345,18 @@ static mp_rpc_code update_routes(mp_pb_call *pc, const void *vreq, void *vresp)
         resp->error = wire_error(a, MARCHPROXY__STATUS_CODE__STATUS_CODE_INVALID_ARGUMENT, errors);
         return MP_RPC_OK;
     }
+    mp_table_change change;
+    if (mp_table_change_begin(inst, &inst->routes, &change) < 0)
+        return mp_pb_fail(pc, MP_RPC_RESOURCE_EXHAUSTED, "out of memory");
     if (req->replace_all)
         mp_msg_store_clear(&inst->routes);
     int updated = 0;
     for (size_t i = 0; i < req->n_routes; i++)
         if (mp_msg_store_put(&inst->routes, &req->routes[i]->base, inst->id, MP_ORIGIN_API) == 0)
             updated++;
+    if (table_refused(a, inst, &inst->routes, &change, &resp->success, &resp->message,
+                      &resp->error))
+        return MP_RPC_OK;
     resp->success = updated == (int)req->n_routes;
     resp->routes_updated = updated;
     resp->message = mp_arena_printf(a, "%d route(s) stored; %zu in total", updated,
@@ -350,13 +372,20 @@ static mp_rpc_code delete_route(mp_pb_call *pc, const void *vreq, void *vresp)
     Marchproxy__DeleteRouteResponse *resp = vresp;
     mp_arena *a = mp_pb_arena(pc);
     NEED_INSTANCE(inst, req->instance_id);
-    if (mp_msg_store_remove(&inst->routes, req->route_id) < 0) {
+    if (!mp_msg_store_find(&inst->routes, req->route_id)) {
         resp->success = false;
         resp->message = mp_arena_printf(a, "no route '%.*s' on %s", MAX_ID_LEN, req->route_id,
                                         inst->id);
         resp->error = wire_error(a, MARCHPROXY__STATUS_CODE__STATUS_CODE_NOT_FOUND, resp->message);
         return MP_RPC_OK;
     }
+    mp_table_change change;
+    if (mp_table_change_begin(inst, &inst->routes, &change) < 0)
+        return mp_pb_fail(pc, MP_RPC_RESOURCE_EXHAUSTED, "out of memory");
+    mp_msg_store_remove(&inst->routes, req->route_id);
+    if (table_refused(a, inst, &inst->routes, &change, &resp->success, &resp->message,
+                      &resp->error))
+        return MP_RPC_OK;
     resp->success = true;
     resp->message = mp_arena_printf(a, "route %s deleted", req->route_id);
     return MP_RPC_OK;
@@ -426,7 +455,13 @@ static mp_rpc_code set_rate_limit(mp_pb_call *pc, const void *vreq, void *vresp)
     Marchproxy__RateLimit copy = *req->limit;
     if (!*copy.target)
         copy.target = "*";
+    mp_table_change change;
+    if (mp_table_change_begin(inst, &inst->rate_limits, &change) < 0)
+        return mp_pb_fail(pc, MP_RPC_RESOURCE_EXHAUSTED, "out of memory");
     int rc = mp_msg_store_put(&inst->rate_limits, &copy.base, inst->id, MP_ORIGIN_API);
+    if (table_refused(a, inst, &inst->rate_limits, &change, &resp->success, &resp->message,
+                      &resp->error))
+        return MP_RPC_OK;
     resp->success = rc == 0;
     if (rc < 0) {
         resp->message = mp_arena_printf(a, "cannot store: %s",
@@ -447,13 +482,20 @@ static mp_rpc_code remove_rate_limit(mp_pb_call *pc, const void *vreq, void *vre
     Marchproxy__RemoveRateLimitResponse *resp = vresp;
     mp_arena *a = mp_pb_arena(pc);
     NEED_INSTANCE(inst, req->instance_id);
-    if (mp_msg_store_remove(&inst->rate_limits, req->limit_id) < 0) {
+    if (!mp_msg_store_find(&inst->rate_limits, req->limit_id)) {
         resp->success = false;
         resp->message = mp_arena_printf(a, "no rate limit '%.*s' on %s", MAX_ID_LEN,
                                         req->limit_id, inst->id);
         resp->error = wire_error(a, MARCHPROXY__STATUS_CODE__STATUS_CODE_NOT_FOUND, resp->message);
         return MP_RPC_OK;
     }
+    mp_table_change change;
+    if (mp_table_change_begin(inst, &inst->rate_limits, &change) < 0)
+        return mp_pb_fail(pc, MP_RPC_RESOURCE_EXHAUSTED, "out of memory");
+    mp_msg_store_remove(&inst->rate_limits, req->limit_id);
+    if (table_refused(a, inst, &inst->rate_limits, &change, &resp->success, &resp->message,
+                      &resp->error))
+        return MP_RPC_OK;
     resp->success = true;
     resp->message = mp_arena_printf(a, "rate limit %s removed", req->limit_id);
     return MP_RPC_OK;

@@ -31,6 +31,7 @@
 #include "query.h"
 #include "route_match.h"
 #include "rpc_proto.h"
+#include "state_persist.h"
 #include "stats_build.h"
 
 #ifndef MP_VERSION
@@ -450,6 +451,46 @@ static size_t forget_module(mp_host *h, const char *id)
     return routes;
 }
 
+/* The heartbeat bookkeeping of a registered module, appended so listings keep
+ * registration order; `now` counts as its first sign of life. */
+static int ext_add(mp_host *h, const char *id, const char *reg_id,
+                   const Marchproxy__HealthCheckConfig *hc, uint64_t now, mp_ext_module **out)
+{
+    mp_ext_module *m = calloc(1, sizeof(*m));
+    if (!m || !(m->instance_id = strdup(id))) {
+        free(m);
+        return -ENOMEM;
+    }
+    snprintf(m->registration_id, sizeof(m->registration_id), "%s", reg_id);
+    m->registered_ns = now;
+    m->last_heartbeat_ns = now;
+    m->interval_s = positive_or(hc ? hc->interval_seconds : 0, DEFAULT_HB_INTERVAL_S);
+    m->timeout_s = positive_or(hc ? hc->timeout_seconds : 0, DEFAULT_HB_TIMEOUT_S);
+    m->unhealthy_threshold = positive_or(hc ? hc->unhealthy_threshold : 0, DEFAULT_UNHEALTHY);
+    m->healthy_threshold = positive_or(hc ? hc->healthy_threshold : 0, DEFAULT_HEALTHY);
+    m->reported = MP_HEALTH_HEALTHY;
+    m->in_rotation = true;
+    mp_ext_module **tail = &h->nlb.ext;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = m;
+    *out = m;
+    return 0;
+}
+
+int mp_nlb_restore_module(mp_host *h, const Marchproxy__ModuleInstance *mi,
+                          const char *registration_id, const Marchproxy__HealthCheckConfig *hc)
+{
+    const char *id = nz(mi->instance_id);
+    if (!*id || !registration_id || find_ext(h, id) || mp_host_find_instance(h, id))
+        return -EEXIST;
+    int rc = mp_msg_store_put(&h->nlb.modules, &mi->base, NULL, MP_ORIGIN_MODULE);
+    mp_ext_module *m;
+    if (rc == 0 && (rc = ext_add(h, id, registration_id, hc, mp_wall_ns(), &m)) < 0)
+        mp_msg_store_remove(&h->nlb.modules, id);
+    return rc;
+}
+
 static mp_rpc_code h_register_module(mp_pb_call *pc, const void *vreq, void *vresp)
 {
     mp_host *h = host_of(pc);
@@ -537,14 +578,8 @@ static mp_rpc_code h_register_module(mp_pb_call *pc, const void *vreq, void *vre
         rc = mp_msg_store_put(&h->nlb.routes, &req->initial_routes[i]->base, id,
                               MP_ORIGIN_MODULE);
     mp_ext_module *m = NULL;
-    if (rc == 0) {
-        m = calloc(1, sizeof(*m));
-        if (!m || !(m->instance_id = strdup(id))) {
-            free(m);
-            m = NULL;
-            rc = -ENOMEM;
-        }
-    }
+    if (rc == 0)
+        rc = ext_add(h, id, reg_id, req->health_config, now, &m);
     if (rc < 0) {
         forget_module(h, id);
         resp->message = mp_arena_printf(a, "cannot register '%s': %s", id, strerror(-rc));
@@ -552,21 +587,6 @@ static mp_rpc_code h_register_module(mp_pb_call *pc, const void *vreq, void *vre
                                  resp->message);
         return MP_RPC_OK;
     }
-    const Marchproxy__HealthCheckConfig *hc = req->health_config;
-    snprintf(m->registration_id, sizeof(m->registration_id), "%s", reg_id);
-    m->registered_ns = now;
-    m->last_heartbeat_ns = now; /* registering is the first sign of life */
-    m->interval_s = positive_or(hc ? hc->interval_seconds : 0, DEFAULT_HB_INTERVAL_S);
-    m->timeout_s = positive_or(hc ? hc->timeout_seconds : 0, DEFAULT_HB_TIMEOUT_S);
-    m->unhealthy_threshold = positive_or(hc ? hc->unhealthy_threshold : 0, DEFAULT_UNHEALTHY);
-    m->healthy_threshold = positive_or(hc ? hc->healthy_threshold : 0, DEFAULT_HEALTHY);
-    m->reported = MP_HEALTH_HEALTHY;
-    m->in_rotation = true;
-    /* Appended so listings keep registration order. */
-    mp_ext_module **tail = &h->nlb.ext;
-    while (*tail)
-        tail = &(*tail)->next;
-    *tail = m;
 
     mp_info("NLB: module %s (%s at %s) %sregistered with %zu route(s)", id,
             enum_name(&marchproxy__module_type__descriptor, (int)mi->module_type, "?"),

@@ -13,5 +13,6 @@ apt-get install -y -q --no-install-recommends \
     libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev \
     libconfig-dev liburing-dev libssl-dev libbson-dev libpcre2-dev liblmdb-dev \
     protobuf-compiler protobuf-compiler-grpc \
-    python3 python3-grpcio python3-protobuf python3-pytest \
-    ca-certificates curl openssl
+    python3 python3-grpcio python3-protobuf python3-pytest python3-bson \
+    ca-certificates curl openssl \
+    nginx haproxy wrk libsqlite3-dev

@@ -39,7 +39,7 @@ extern "C" {
 
 #define MP_PLUGIN_MAGIC 0x4c504d4du /* "MMPL" read as little-endian bytes */
 #define MP_ABI_MAJOR 1
-#define MP_ABI_MINOR 1
+#define MP_ABI_MINOR 2
 
 /* The one symbol a plugin exports. */
 #define MP_PLUGIN_ENTRY_SYMBOL "mp_plugin_entry"
@@ -327,7 +327,44 @@ typedef struct mp_route_view {
     size_t header_count;
     const char *const *header_names;
     const char *const *header_values;
+    /* ---- ABI 1.2: the Route's metadata map (e.g. the ALB's "upstream"). Check
+     * MP_HAS_MEMBER against struct_size before reading. */
+    size_t metadata_count;
+    const char *const *metadata_names;
+    const char *const *metadata_values;
 } mp_route_view;
+
+/* A rate limit as ModuleService.SetRateLimit stored it (1.2). Strings are borrowed and
+ * never NULL. `target` is "*" for the whole instance; other forms are the plugin's to
+ * define (the ALB reads "route:<route_id>" and "ip:<cidr>"). Rates of 0 are unset. */
+typedef struct mp_rate_limit_view {
+    uint32_t struct_size;
+    const char *limit_id;
+    const char *target;
+    int64_t requests_per_second;
+    int64_t requests_per_minute;
+    int64_t requests_per_hour;
+    int64_t burst_size;
+    int enabled;
+} mp_rate_limit_view;
+
+/* A durable key-value store a storage plugin offers the host (1.2). The host keeps its
+ * gRPC-made state in it (routes, rate limits, external registrations) and reads it back
+ * at start. Keys are NUL-terminated UTF-8 up to 256 bytes; values are opaque, up to
+ * 16 MiB. put/remove return only once the change is durable. Called on the control
+ * thread; state is the storage instance's create() state. */
+typedef int (*mp_state_scan_fn)(void *ctx, const char *key, const void *value, size_t len);
+typedef struct mp_state_store_ops {
+    uint32_t struct_size;
+    int (*put)(void *state, const char *key, const void *value, size_t len, char *err,
+               size_t err_len);
+    /* 0, or -ENOENT when the key is absent (not an error for the host). */
+    int (*remove)(void *state, const char *key, char *err, size_t err_len);
+    /* fn for every key starting with prefix, in key order; the pointers are valid only
+     * during the call. Non-zero from fn stops the scan and is returned. */
+    int (*scan)(void *state, const char *prefix, mp_state_scan_fn fn, void *ctx, char *err,
+                size_t err_len);
+} mp_state_store_ops;
 
 typedef struct mp_can_handle_result {
     uint32_t struct_size;
@@ -397,6 +434,21 @@ typedef struct mp_plugin_descriptor {
      * host closes it and counts a refusal). Optional: without it the instance
      * receives no traffic. */
     int (*on_connection)(void *state, mp_conn *c, const mp_conn_info *info);
+
+    /* ---- ABI 1.2 ---- */
+    /* The instance's whole route table (ModuleService UpdateRoutes/DeleteRoute, or the
+     * table restored at start or handed to a new generation). Control thread; the views
+     * are valid only during the call, so copy what is kept. Return 0 to accept, or a
+     * negative errno with the reason in err to refuse: the RPC then fails with that
+     * reason and the previous table stays in force. Optional. */
+    int (*routes_changed)(void *state, const mp_route_view *const *routes, size_t n,
+                          char *err, size_t err_len);
+    /* The same for the instance's rate limits (SetRateLimit/RemoveRateLimit). */
+    int (*rate_limits_changed)(void *state, const mp_rate_limit_view *const *limits,
+                               size_t n, char *err, size_t err_len);
+    /* Non-NULL when the plugin can be the host's state store (host.state_store names
+     * the instance). Static, like the descriptor. */
+    const mp_state_store_ops *state_store;
 } mp_plugin_descriptor;
 
 /* The entry point's type. The returned pointer must stay valid while loaded. */

@@ -1,7 +1,9 @@
 /*
  * alb_config.c — the ALB plugin's settings: parsing and checking the section
- * (upstreams, routes, timeouts) with FILE:LINE errors, and route matching. The parsed
- * form is immutable once built, so workers read it without locks.
+ * (upstreams, routes, timeouts, access_log, tls) with FILE:LINE errors. The parsed form
+ * is immutable once built, so workers read it without locks; routes are compiled into
+ * the live table by alb_plugin.c together with ModuleService's. TLS contexts are built
+ * here too, so validate proves every certificate and key loads and matches.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* memmem */
@@ -15,9 +17,22 @@
 
 #include "alb_internal.h"
 
-static const char *const top_keys[] = {"upstreams", "routes", "timeouts", NULL};
-static const char *const upstream_keys[] = {"servers", "balance", NULL};
-static const char *const route_keys[] = {"host", "path_prefix", "upstream", NULL};
+static const char *const top_keys[] = {"upstreams", "routes", "timeouts", "access_log", "tls",
+                                       NULL};
+static const char *const upstream_keys[] = {"servers",   "balance",         "hash_key",
+                                             "max_fails", "fail_timeout_ms", "retries",
+                                             "health_check", "tls", NULL};
+static const char *const upstream_tls_keys[] = {"verify", "ca_file", "server_name", "cert",
+                                                "key", NULL};
+#define ALB_TLS_MAX_CERTS 64
+static const char *const server_keys[] = {"address", "weight", "backup", NULL};
+static const char *const hc_keys[] = {"path",       "port",
+                                      "interval_ms", "timeout_ms",
+                                      "healthy_threshold", "unhealthy_threshold",
+                                      "expect_status", NULL};
+static const char *const route_keys[] = {"id",       "host",     "path",         "path_prefix",
+                                         "methods",  "headers",  "priority",     "upstream",
+                                         "host_rewrite", NULL};
 static const char *const timeout_keys[] = {"connect_ms", "header_ms", "idle_ms", "response_ms",
                                            NULL};
 
@@ -79,6 +94,251 @@ static int get_timeout(const mp_host_api *api, const mp_config *t, const char *k
     return 0;
 }
 
+/* An unsigned integer setting in lo..hi, `def` when absent. */
+static int get_uint(const mp_host_api *api, const mp_config *node, const char *key,
+                    uint32_t def, uint32_t lo, uint32_t hi, uint32_t *out, char *err,
+                    size_t err_len)
+{
+    int64_t v;
+    *out = def;
+    int rc = api->cfg_get_int(node, key, &v);
+    if (rc == -ENOENT)
+        return 0;
+    if (rc < 0 || v < lo || v > hi)
+        return api->cfg_error(api->cfg_lookup(node, key), err, err_len,
+                              "alb: %s must be an integer %u..%u", key, lo, hi);
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* One servers entry: "ip:port", or { address = "ip:port"; weight = N; backup = bool; }. */
+static int parse_member(const mp_host_api *api, const mp_config *e, alb_member *m, char *err,
+                        size_t err_len)
+{
+    const char *txt;
+    mp_config_kind k = api->cfg_kind(e);
+    if (k == MP_CFG_STRING) {
+        if (api->cfg_get_string(e, NULL, &txt) != 0 || parse_server(txt, m))
+            return api->cfg_error(e, err, err_len,
+                                  "alb: server must be \"IPv4:port\" or \"[IPv6]:port\"");
+        m->weight = 1;
+        return 0;
+    }
+    if (k != MP_CFG_GROUP)
+        return api->cfg_error(e, err, err_len,
+                              "alb: a server must be \"ip:port\" or { address = \"ip:port\"; "
+                              "weight = N; backup = false; }");
+    int rc = api->cfg_check_keys(e, server_keys, err, err_len);
+    if (rc < 0)
+        return rc;
+    if (api->cfg_get_string(e, "address", &txt) != 0 || parse_server(txt, m))
+        return api->cfg_error(api->cfg_lookup(e, "address") ? api->cfg_lookup(e, "address") : e,
+                              err, err_len,
+                              "alb: server address must be \"IPv4:port\" or \"[IPv6]:port\"");
+    rc = get_uint(api, e, "weight", 1, 1, ALB_POOL_WEIGHT_MAX, &m->weight, err, err_len);
+    if (rc < 0)
+        return rc;
+    int b = 0;
+    rc = api->cfg_get_bool(e, "backup", &b);
+    if (rc == -EINVAL)
+        return api->cfg_error(api->cfg_lookup(e, "backup"), err, err_len,
+                              "alb: backup must be true or false");
+    m->backup = b != 0;
+    return 0;
+}
+
+/* health_check { path; port; interval_ms; timeout_ms; healthy_threshold;
+ * unhealthy_threshold; expect_status; } (HealthCheckConfig of the wire spec, in ms). */
+static int parse_health_check(const mp_host_api *api, const mp_config *u, alb_upstream *up,
+                              char *err, size_t err_len)
+{
+    const mp_config *h = api->cfg_lookup(u, "health_check");
+    if (!h)
+        return 0;
+    if (api->cfg_kind(h) != MP_CFG_GROUP)
+        return api->cfg_error(h, err, err_len, "alb: health_check must be a group");
+    int rc = api->cfg_check_keys(h, hc_keys, err, err_len);
+    if (rc < 0)
+        return rc;
+    alb_hc_config *hc = &up->hc;
+    alb_hc_config_default(hc);
+    const char *v;
+    rc = api->cfg_get_string(h, "path", &v);
+    if (rc == 0) {
+        int bad = v[0] != '/' || strlen(v) >= sizeof(hc->path);
+        for (const char *p = v; *p && !bad; p++)
+            bad = (unsigned char)*p <= ' ' || *p == 0x7f;
+        if (bad)
+            rc = -EINVAL;
+        else
+            snprintf(hc->path, sizeof(hc->path), "%s", v);
+    }
+    if (rc == -EINVAL)
+        return api->cfg_error(api->cfg_lookup(h, "path"), err, err_len,
+                              "alb: health_check.path must start with '/' and hold no spaces");
+    uint32_t port;
+    if ((rc = get_uint(api, h, "port", 0, 1, 65535, &port, err, err_len)) < 0 ||
+        (rc = get_uint(api, h, "interval_ms", 2000, 10, 3600000, &hc->interval_ms, err,
+                       err_len)) < 0 ||
+        (rc = get_uint(api, h, "timeout_ms", 1000, 10, 3600000, &hc->timeout_ms, err,
+                       err_len)) < 0 ||
+        (rc = get_uint(api, h, "healthy_threshold", 2, 1, 100, &hc->healthy_threshold, err,
+                       err_len)) < 0 ||
+        (rc = get_uint(api, h, "unhealthy_threshold", 3, 1, 100, &hc->unhealthy_threshold, err,
+                       err_len)) < 0)
+        return rc;
+    hc->port = (uint16_t)port;
+    rc = api->cfg_get_string(h, "expect_status", &v);
+    if (rc == -EINVAL || (rc == 0 && alb_hc_parse_expect(v, hc) < 0))
+        return api->cfg_error(api->cfg_lookup(h, "expect_status"), err, err_len,
+                              "alb: expect_status must be like \"2xx\", \"200\" or \"2xx,302\"");
+    up->has_hc = 1;
+    return 0;
+}
+
+/* Balancing and passive ejection settings of one upstream. */
+static int parse_balancing(const mp_host_api *api, const mp_config *u, alb_upstream *up,
+                           alb_pool_settings *ps, char *err, size_t err_len)
+{
+    alb_pool_settings_default(ps);
+    const char *v;
+    int rc = api->cfg_get_string(u, "balance", &v);
+    if (rc == -EINVAL || (rc == 0 && alb_pool_parse_balance(v, &ps->balance) < 0))
+        return api->cfg_error(api->cfg_lookup(u, "balance"), err, err_len,
+                              "alb: balance must be \"round-robin\", \"weighted\", "
+                              "\"least-conn\" or \"hash\"");
+    rc = api->cfg_get_string(u, "hash_key", &v);
+    if (rc != -ENOENT && ps->balance != ALB_BAL_HASH)
+        return api->cfg_error(api->cfg_lookup(u, "hash_key"), err, err_len,
+                              "alb: hash_key needs balance = \"hash\"");
+    if (rc == -EINVAL || (rc == 0 && alb_pool_parse_hash_key(v, ps) < 0))
+        return api->cfg_error(api->cfg_lookup(u, "hash_key"), err, err_len,
+                              "alb: hash_key must be \"client_ip\", \"header:Name\" or "
+                              "\"cookie:name\"");
+    if ((rc = get_uint(api, u, "max_fails", 3, 0, 1000, &ps->max_fails, err, err_len)) < 0 ||
+        (rc = get_uint(api, u, "fail_timeout_ms", 10000, 1, 3600000, &ps->fail_timeout_ms, err,
+                       err_len)) < 0)
+        return rc;
+    return get_uint(api, u, "retries", 1, 0, 10, &up->retries, err, err_len);
+}
+
+/* An optional non-empty string setting, borrowed from the config tree (NULL when
+ * absent). */
+static int get_path_opt(const mp_host_api *api, const mp_config *g, const char *key,
+                        const char *what, const char **out, char *err, size_t err_len)
+{
+    *out = NULL;
+    int rc = api->cfg_get_string(g, key, out);
+    if (rc == -ENOENT)
+        return 0;
+    if (rc < 0 || !**out)
+        return api->cfg_error(api->cfg_lookup(g, key), err, err_len,
+                              "alb: %s.%s must be a non-empty string", what, key);
+    return 0;
+}
+
+/* tls { verify; ca_file; server_name; cert; key; } of one upstream group: builds its
+ * client context (reading the files now). */
+static int parse_upstream_tls(const mp_host_api *api, const mp_config *u, alb_upstream *up,
+                              char *err, size_t err_len)
+{
+    const mp_config *t = api->cfg_lookup(u, "tls");
+    if (!t)
+        return 0;
+    if (api->cfg_kind(t) != MP_CFG_GROUP)
+        return api->cfg_error(t, err, err_len,
+                              "alb: upstream '%s' tls must be a group { verify; ca_file; "
+                              "server_name; cert; key; }",
+                              up->name);
+    int rc = api->cfg_check_keys(t, upstream_tls_keys, err, err_len);
+    if (rc < 0)
+        return rc;
+    alb_tls_client_opts o = {0};
+    int verify = 1;
+    rc = api->cfg_get_bool(t, "verify", &verify);
+    if (rc == -EINVAL)
+        return api->cfg_error(api->cfg_lookup(t, "verify"), err, err_len,
+                              "alb: tls.verify must be true or false");
+    o.no_verify = !verify;
+    if ((rc = get_path_opt(api, t, "ca_file", "tls", &o.ca_file, err, err_len)) < 0 ||
+        (rc = get_path_opt(api, t, "server_name", "tls", &o.server_name, err, err_len)) < 0 ||
+        (rc = get_path_opt(api, t, "cert", "tls", &o.cert_file, err, err_len)) < 0 ||
+        (rc = get_path_opt(api, t, "key", "tls", &o.key_file, err, err_len)) < 0)
+        return rc;
+    if (!o.cert_file != !o.key_file)
+        return api->cfg_error(t, err, err_len, "alb: upstream '%s' tls: cert and key go together",
+                              up->name);
+    char why[512];
+    rc = alb_tls_client_ctx_new(&o, &up->tls, why, sizeof(why));
+    if (rc == -ENOMEM)
+        return rc;
+    if (rc < 0)
+        return api->cfg_error(t, err, err_len, "alb: upstream '%s' tls: %s", up->name, why);
+    return 0;
+}
+
+/* tls { certificates = ( { cert = "a.pem"; key = "a.key"; }, ... ); reload_check_ms; }
+ * — the server context for client connections; the first certificate is the default,
+ * the others are chosen by SNI; the files are checked for replacement every
+ * reload_check_ms (default 1000, 0: never). Each entry is loaded alone first, so a bad file or a key that does not
+ * match its certificate is reported at that entry's line. */
+static int parse_server_tls(const mp_host_api *api, const mp_config *t, alb_config *cfg,
+                            char *err, size_t err_len)
+{
+    static const char *const keys[] = {"certificates", "reload_check_ms", NULL};
+    static const char *const cert_keys[] = {"cert", "key", NULL};
+    if (!t)
+        return 0;
+    if (api->cfg_kind(t) != MP_CFG_GROUP)
+        return api->cfg_error(t, err, err_len,
+                              "alb: tls must be a group { certificates = ( ... ); }");
+    int rc = api->cfg_check_keys(t, keys, err, err_len);
+    if (rc == 0)
+        rc = get_uint(api, t, "reload_check_ms", 1000, 0, 3600000, &cfg->tls_check_ms, err,
+                      err_len);
+    if (rc < 0)
+        return rc;
+    const mp_config *cl = api->cfg_lookup(t, "certificates");
+    mp_config_kind k = cl ? api->cfg_kind(cl) : MP_CFG_NONE;
+    int n = cl ? api->cfg_count(cl) : 0;
+    if (!cl || (k != MP_CFG_LIST && k != MP_CFG_ARRAY) || n < 1 || n > ALB_TLS_MAX_CERTS)
+        return api->cfg_error(cl ? cl : t, err, err_len,
+                              "alb: tls needs certificates = ( { cert = \"FILE\"; key = "
+                              "\"FILE\"; }, ... ) (1..%d of them)",
+                              ALB_TLS_MAX_CERTS);
+    alb_tls_cert_files files[ALB_TLS_MAX_CERTS];
+    char why[512];
+    for (int i = 0; i < n; i++) {
+        const mp_config *e = api->cfg_child(cl, i);
+        if (api->cfg_kind(e) != MP_CFG_GROUP)
+            return api->cfg_error(e, err, err_len,
+                                  "alb: each tls certificate must be { cert = \"FILE\"; key = "
+                                  "\"FILE\"; }");
+        if ((rc = api->cfg_check_keys(e, cert_keys, err, err_len)) < 0 ||
+            (rc = get_path_opt(api, e, "cert", "tls.certificates", &files[i].cert_file, err,
+                               err_len)) < 0 ||
+            (rc = get_path_opt(api, e, "key", "tls.certificates", &files[i].key_file, err,
+                               err_len)) < 0)
+            return rc;
+        if (!files[i].cert_file || !files[i].key_file)
+            return api->cfg_error(e, err, err_len,
+                                  "alb: a tls certificate needs both cert and key");
+        alb_tls_server_ctx *one = NULL;
+        rc = alb_tls_server_ctx_new(&files[i], 1, &one, why, sizeof(why));
+        alb_tls_server_ctx_unref(one);
+        if (rc == -ENOMEM)
+            return rc;
+        if (rc < 0)
+            return api->cfg_error(e, err, err_len, "alb: tls: %s", why);
+    }
+    rc = alb_tls_server_ctx_new(files, (size_t)n, &cfg->tls_server, why, sizeof(why));
+    if (rc == -ENOMEM)
+        return rc;
+    if (rc < 0)
+        return api->cfg_error(cl, err, err_len, "alb: tls: %s", why);
+    return 0;
+}
+
 static int parse_upstreams(const mp_host_api *api, const mp_config *s, const mp_config *ups,
                            alb_config *cfg, char *err, size_t err_len)
 {
@@ -100,91 +360,277 @@ static int parse_upstreams(const mp_host_api *api, const mp_config *s, const mp_
             return api->cfg_error(u, err, err_len, "alb: each upstream must be a named group");
         snprintf(up->name, sizeof(up->name), "%s", name);
         int rc = api->cfg_check_keys(u, upstream_keys, err, err_len);
+        alb_pool_settings ps;
+        if (rc == 0)
+            rc = parse_balancing(api, u, up, &ps, err, err_len);
+        if (rc == 0)
+            rc = parse_health_check(api, u, up, err, err_len);
+        if (rc == 0)
+            rc = parse_upstream_tls(api, u, up, err, err_len);
         if (rc < 0)
             return rc;
-        const char *bal;
-        rc = api->cfg_get_string(u, "balance", &bal);
-        if (rc == -EINVAL || (rc == 0 && strcmp(bal, "round-robin") != 0))
-            return api->cfg_error(api->cfg_lookup(u, "balance"), err, err_len,
-                                  "alb: balance must be \"round-robin\"");
         const mp_config *sv = api->cfg_lookup(u, "servers");
         mp_config_kind k = sv ? api->cfg_kind(sv) : MP_CFG_NONE;
-        if (!sv || (k != MP_CFG_ARRAY && k != MP_CFG_LIST) || api->cfg_count(sv) < 1)
+        int ns = sv ? api->cfg_count(sv) : 0;
+        if (!sv || (k != MP_CFG_ARRAY && k != MP_CFG_LIST) || ns < 1 ||
+            ns > ALB_POOL_MAX_MEMBERS)
             return api->cfg_error(sv ? sv : u, err, err_len,
-                                  "alb: upstream '%s' needs servers = [ \"ip:port\", ... ]",
-                                  name);
-        up->nservers = api->cfg_count(sv);
-        up->servers = calloc((size_t)up->nservers, sizeof(alb_server));
-        if (!up->servers)
+                                  "alb: upstream '%s' needs servers = [ \"ip:port\", ... ] "
+                                  "(1..%d of them)",
+                                  name, ALB_POOL_MAX_MEMBERS);
+        alb_member *members = calloc((size_t)ns, sizeof(alb_member));
+        if (!members)
             return -ENOMEM;
-        for (int j = 0; j < up->nservers; j++) {
-            const mp_config *e = api->cfg_child(sv, j);
-            const char *txt;
-            if (api->cfg_get_string(e, NULL, &txt) != 0 && api->cfg_kind(e) != MP_CFG_STRING)
-                return api->cfg_error(e, err, err_len, "alb: a server must be a string");
-            if (api->cfg_get_string(e, NULL, &txt) != 0 || parse_server(txt, &up->servers[j]))
-                return api->cfg_error(e, err, err_len,
-                                      "alb: server must be \"IPv4:port\" or \"[IPv6]:port\"");
+        for (int j = 0; j < ns && rc == 0; j++)
+            rc = parse_member(api, api->cfg_child(sv, j), &members[j], err, err_len);
+        if (rc < 0) {
+            free(members);
+            return rc;
         }
+        rc = alb_pool_init(&up->pool, &ps, members, ns, err, err_len);
+        if (rc == -EINVAL)
+            return api->cfg_error(sv, err, err_len,
+                                  "alb: upstream '%s' needs at least one server that is not "
+                                  "a backup",
+                                  name);
+        if (rc < 0)
+            return rc;
     }
     return 0;
 }
 
-static int find_upstream(const alb_config *cfg, const char *name)
+int alb_config_health_start(const mp_host_api *api, mp_instance *inst, alb_config *cfg,
+                            alb_health **out, char *err, size_t err_len)
 {
+    *out = NULL;
+    int n = 0;
+    alb_health_target *t = calloc((size_t)cfg->nupstreams + 1, sizeof(*t));
+    if (!t) {
+        snprintf(err, err_len, "alb: out of memory");
+        return -ENOMEM;
+    }
     for (int i = 0; i < cfg->nupstreams; i++)
-        if (!strcmp(cfg->upstreams[i].name, name))
-            return i;
-    return -1;
+        if (cfg->upstreams[i].has_hc)
+            t[n++] = (alb_health_target){&cfg->upstreams[i].pool, &cfg->upstreams[i].hc,
+                                         cfg->upstreams[i].name};
+    int rc = alb_health_start(api, inst, t, n, out, err, err_len);
+    free(t);
+    return rc;
 }
 
-static int parse_routes(const mp_host_api *api, const mp_config *s, const mp_config *rts,
-                        alb_config *cfg, char *err, size_t err_len)
+/* A string setting copied into *out (NULL when absent); refuses other types and
+ * values longer than ALB_ROUTE_FIELD_MAX. */
+static int get_owned_str(const mp_host_api *api, const mp_config *r, const char *key,
+                         char **out, char *err, size_t err_len)
+{
+    const char *v;
+    int rc = api->cfg_get_string(r, key, &v);
+    if (rc == -ENOENT)
+        return 0;
+    if (rc < 0 || strlen(v) > ALB_ROUTE_FIELD_MAX)
+        return api->cfg_error(api->cfg_lookup(r, key), err, err_len,
+                              "alb: %s must be a string of at most %d bytes", key,
+                              ALB_ROUTE_FIELD_MAX);
+    *out = strdup(v);
+    return *out ? 0 : -ENOMEM;
+}
+
+static int parse_route_headers(const mp_host_api *api, const mp_config *hs, alb_cfg_route *rt,
+                               char *err, size_t err_len)
+{
+    if (api->cfg_kind(hs) != MP_CFG_GROUP)
+        return api->cfg_error(hs, err, err_len,
+                              "alb: headers must be a group of name = \"value\"");
+    int n = api->cfg_count(hs);
+    if (n > ALB_ROUTE_MAX_HEADERS)
+        return api->cfg_error(hs, err, err_len, "alb: at most %d header conditions",
+                              ALB_ROUTE_MAX_HEADERS);
+    rt->header_names = calloc((size_t)n + 1, sizeof(char *));
+    rt->header_values = calloc((size_t)n + 1, sizeof(char *));
+    if (!rt->header_names || !rt->header_values)
+        return -ENOMEM;
+    for (int i = 0; i < n; i++) {
+        const mp_config *h = api->cfg_child(hs, i);
+        const char *name = api->cfg_name(h);
+        if (api->cfg_kind(h) != MP_CFG_STRING)
+            return api->cfg_error(h, err, err_len, "alb: header %s: the value must be a string",
+                                  name);
+        /* libconfig names cannot hold '-': write X_Beta for X-Beta */
+        char *n2 = strdup(name);
+        if (!n2)
+            return -ENOMEM;
+        for (char *c = n2; *c; c++)
+            if (*c == '_')
+                *c = '-';
+        rt->header_names[rt->nheaders] = n2;
+        const char *v;
+        api->cfg_get_string(h, NULL, &v);
+        if (!(rt->header_values[rt->nheaders++] = strdup(v)))
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+static int parse_route(const mp_host_api *api, const mp_config *r, int index, alb_config *cfg,
+                       alb_cfg_route *rt, char *err, size_t err_len)
+{
+    if (api->cfg_kind(r) != MP_CFG_GROUP)
+        return api->cfg_error(r, err, err_len, "alb: each route must be a group");
+    int rc = api->cfg_check_keys(r, route_keys, err, err_len);
+    char *prefix = NULL;
+    if (rc == 0)
+        rc = get_owned_str(api, r, "id", &rt->id, err, err_len);
+    if (rc == 0)
+        rc = get_owned_str(api, r, "host", &rt->host, err, err_len);
+    if (rc == 0)
+        rc = get_owned_str(api, r, "path", &rt->path, err, err_len);
+    if (rc == 0)
+        rc = get_owned_str(api, r, "path_prefix", &prefix, err, err_len);
+    if (rc == 0)
+        rc = get_owned_str(api, r, "methods", &rt->methods, err, err_len);
+    if (rc == 0)
+        rc = get_owned_str(api, r, "upstream", &rt->upstream, err, err_len);
+    if (rc == 0)
+        rc = get_owned_str(api, r, "host_rewrite", &rt->host_rewrite, err, err_len);
+    if (rc < 0) {
+        free(prefix);
+        return rc;
+    }
+    if (prefix && rt->path) {
+        free(prefix);
+        return api->cfg_error(r, err, err_len, "alb: a route has path or path_prefix, not both");
+    }
+    if (prefix) { /* the first version's key: a plain prefix */
+        if (prefix[0] != '/') {
+            free(prefix);
+            return api->cfg_error(api->cfg_lookup(r, "path_prefix"), err, err_len,
+                                  "alb: path_prefix must be a string starting with '/'");
+        }
+        rt->path = prefix;
+    }
+    int64_t prio = 0;
+    rc = api->cfg_get_int(r, "priority", &prio);
+    if (rc == -EINVAL || prio < -1000000 || prio > 1000000)
+        return api->cfg_error(api->cfg_lookup(r, "priority"), err, err_len,
+                              "alb: priority must be an integer in -1000000..1000000");
+    rt->priority = (int32_t)prio;
+    if (!rt->id && asprintf(&rt->id, "route-%d", index + 1) < 0) {
+        rt->id = NULL;
+        return -ENOMEM;
+    }
+    const mp_config *hs = api->cfg_lookup(r, "headers");
+    if (hs && (rc = parse_route_headers(api, hs, rt, err, err_len)) < 0)
+        return rc;
+    /* Compile it alone now, so a bad pattern is reported at its own line. */
+    alb_route_spec spec;
+    alb_config one = *cfg;
+    one.routes = rt;
+    one.nroutes = 1;
+    alb_config_route_specs(&one, &spec);
+    const char *names[cfg->nupstreams + 1];
+    alb_config_upstream_names(cfg, names);
+    alb_route_table *t = NULL;
+    char why[512];
+    rc = alb_routes_build(&spec, 1, names, cfg->nupstreams, NULL, &t, why, sizeof(why));
+    alb_route_table_unref(t);
+    if (rc < 0)
+        return api->cfg_error(r, err, err_len, "alb: %s", why);
+    return 0;
+}
+
+static int parse_routes(const mp_host_api *api, const mp_config *rts, alb_config *cfg,
+                        char *err, size_t err_len)
 {
     if (!rts)
-        return 0; /* no routes: every request gets 404 */
+        return 0; /* no routes: every request gets 404 until ModuleService adds some */
     mp_config_kind k = api->cfg_kind(rts);
+    if (k == MP_CFG_ARRAY && api->cfg_count(rts) == 0)
+        return 0; /* "routes = [];" */
     if (k != MP_CFG_LIST && k != MP_CFG_GROUP)
         return api->cfg_error(rts, err, err_len, "alb: routes must be a list of groups");
     int n = api->cfg_count(rts);
-    cfg->routes = calloc((size_t)(n ? n : 1), sizeof(alb_route));
+    if (n > ALB_ROUTES_MAX)
+        return api->cfg_error(rts, err, err_len, "alb: at most %d routes", ALB_ROUTES_MAX);
+    cfg->routes = calloc((size_t)(n ? n : 1), sizeof(alb_cfg_route));
     if (!cfg->routes)
         return -ENOMEM;
-    cfg->nroutes = n;
     for (int i = 0; i < n; i++) {
-        const mp_config *r = api->cfg_child(rts, i);
-        alb_route *rt = &cfg->routes[i];
-        if (api->cfg_kind(r) != MP_CFG_GROUP)
-            return api->cfg_error(r, err, err_len, "alb: each route must be a group");
-        int rc = api->cfg_check_keys(r, route_keys, err, err_len);
+        cfg->nroutes = i + 1; /* so a failure frees what this route got */
+        int rc = parse_route(api, api->cfg_child(rts, i), i, cfg, &cfg->routes[i], err,
+                             err_len);
         if (rc < 0)
             return rc;
-        const char *v;
-        rc = api->cfg_get_string(r, "host", &v);
-        if (rc == -EINVAL || (rc == 0 && strlen(v) >= ALB_HOST_MAX) ||
-            (rc == 0 && strchr(v, '*') && (strncmp(v, "*.", 2) != 0 || strchr(v + 1, '*'))))
-            return api->cfg_error(api->cfg_lookup(r, "host"), err, err_len,
-                                  "alb: host must be a name or \"*.suffix\"");
-        if (rc == 0) {
-            rt->host_wildcard = v[0] == '*';
-            snprintf(rt->host, sizeof(rt->host), "%s", rt->host_wildcard ? v + 1 : v);
-        }
-        rc = api->cfg_get_string(r, "path_prefix", &v);
-        if (rc == -EINVAL || (rc == 0 && (strlen(v) >= ALB_PREFIX_MAX || v[0] != '/')))
-            return api->cfg_error(api->cfg_lookup(r, "path_prefix"), err, err_len,
-                                  "alb: path_prefix must be a string starting with '/'");
-        if (rc == 0) {
-            snprintf(rt->prefix, sizeof(rt->prefix), "%s", v);
-            rt->prefix_len = strlen(v);
-        }
-        if (api->cfg_get_string(r, "upstream", &v) != 0)
-            return api->cfg_error(r, err, err_len, "alb: route needs upstream = \"name\"");
-        rt->upstream = find_upstream(cfg, v);
-        if (rt->upstream < 0)
-            return api->cfg_error(api->cfg_lookup(r, "upstream"), err, err_len,
-                                  "alb: unknown upstream '%s'", v);
+        for (int j = 0; j < i; j++)
+            if (strcmp(cfg->routes[j].id, cfg->routes[i].id) == 0)
+                return api->cfg_error(api->cfg_child(rts, i), err, err_len,
+                                      "alb: route id '%s' is used twice", cfg->routes[i].id);
     }
     return 0;
+}
+
+static int parse_access_log(const mp_host_api *api, const mp_config *al, alb_config *cfg,
+                            char *err, size_t err_len)
+{
+    if (!al)
+        return 0;
+    static const char *const keys[] = {"path", "format", NULL};
+    if (api->cfg_kind(al) != MP_CFG_GROUP)
+        return api->cfg_error(al, err, err_len,
+                              "alb: access_log must be a group { path; format; }");
+    int rc = api->cfg_check_keys(al, keys, err, err_len);
+    if (rc < 0)
+        return rc;
+    const char *v;
+    if (api->cfg_get_string(al, "path", &v) != 0 || !*v)
+        return api->cfg_error(al, err, err_len,
+                              "alb: access_log needs path = \"FILE\" (or \"stderr\")");
+    if (!(cfg->access_log_path = strdup(v)))
+        return -ENOMEM;
+    cfg->access_log_format = ALB_LOG_COMBINED;
+    rc = api->cfg_get_string(al, "format", &v);
+    if (rc == 0 && strcmp(v, "json") == 0)
+        cfg->access_log_format = ALB_LOG_JSON;
+    else if ((rc == 0 && strcmp(v, "combined") != 0) || rc == -EINVAL)
+        return api->cfg_error(api->cfg_lookup(al, "format"), err, err_len,
+                              "alb: access_log.format must be \"combined\" or \"json\"");
+    return 0;
+}
+
+void alb_config_route_specs(const alb_config *cfg, alb_route_spec *out)
+{
+    for (int i = 0; i < cfg->nroutes; i++) {
+        const alb_cfg_route *r = &cfg->routes[i];
+        out[i] = (alb_route_spec){
+            .id = r->id, .priority = r->priority, .host = r->host, .path = r->path,
+            .methods = r->methods, .nheaders = r->nheaders,
+            .header_names = (const char *const *)r->header_names,
+            .header_values = (const char *const *)r->header_values,
+            .upstream = r->upstream, .host_rewrite = r->host_rewrite, .from_api = 0,
+        };
+    }
+}
+
+void alb_config_upstream_names(const alb_config *cfg, const char **out)
+{
+    for (int i = 0; i < cfg->nupstreams; i++)
+        out[i] = cfg->upstreams[i].name;
+    out[cfg->nupstreams] = NULL;
+}
+
+static void cfg_route_free(alb_cfg_route *r)
+{
+    free(r->id);
+    free(r->host);
+    free(r->path);
+    free(r->methods);
+    free(r->upstream);
+    free(r->host_rewrite);
+    for (size_t i = 0; i < r->nheaders; i++) {
+        free(r->header_names[i]);
+        free(r->header_values[i]);
+    }
+    free(r->header_names);
+    free(r->header_values);
 }
 
 int alb_config_parse(const mp_host_api *api, const mp_config *s, alb_config *out, char *err,
@@ -210,7 +656,11 @@ int alb_config_parse(const mp_host_api *api, const mp_config *s, alb_config *out
     if (rc == 0)
         rc = parse_upstreams(api, s, api->cfg_lookup(s, "upstreams"), cfg, err, err_len);
     if (rc == 0)
-        rc = parse_routes(api, s, api->cfg_lookup(s, "routes"), cfg, err, err_len);
+        rc = parse_routes(api, api->cfg_lookup(s, "routes"), cfg, err, err_len);
+    if (rc == 0)
+        rc = parse_access_log(api, api->cfg_lookup(s, "access_log"), cfg, err, err_len);
+    if (rc == 0)
+        rc = parse_server_tls(api, api->cfg_lookup(s, "tls"), cfg, err, err_len);
     if (rc == -ENOMEM)
         snprintf(err, err_len, "alb: out of memory");
     if (rc < 0 || !out)
@@ -220,54 +670,15 @@ int alb_config_parse(const mp_host_api *api, const mp_config *s, alb_config *out
 
 void alb_config_free(alb_config *cfg)
 {
-    for (int i = 0; i < cfg->nupstreams; i++)
-        free(cfg->upstreams[i].servers);
+    for (int i = 0; i < cfg->nupstreams; i++) {
+        alb_pool_destroy(&cfg->upstreams[i].pool);
+        alb_tls_client_ctx_unref(cfg->upstreams[i].tls);
+    }
     free(cfg->upstreams);
+    for (int i = 0; i < cfg->nroutes; i++)
+        cfg_route_free(&cfg->routes[i]);
     free(cfg->routes);
+    free(cfg->access_log_path);
+    alb_tls_server_ctx_unref(cfg->tls_server);
     memset(cfg, 0, sizeof(*cfg));
-}
-
-static int host_matches(const alb_route *rt, const char *h, size_t hl)
-{
-    if (!rt->host[0])
-        return 1;
-    size_t rl = strlen(rt->host);
-    if (rt->host_wildcard) /* rt->host is ".suffix": at least one label before it */
-        return hl > rl && strncasecmp(h + hl - rl, rt->host, rl) == 0;
-    return hl == rl && strncasecmp(h, rt->host, rl) == 0;
-}
-
-int alb_config_match(const alb_config *cfg, const char *authority, size_t alen,
-                     const char *target, size_t tlen)
-{
-    /* Host without the port; a bracketed IPv6 literal keeps its brackets. */
-    size_t hl = alen;
-    for (size_t i = alen; i > 0; i--) {
-        char ch = authority[i - 1];
-        if (ch == ':') {
-            hl = i - 1;
-            break;
-        }
-        if (ch < '0' || ch > '9')
-            break;
-    }
-    /* Absolute-form: match on the path part only. */
-    const char *path = target;
-    size_t pl = tlen;
-    const char *sch = memmem(target, tlen, "://", 3);
-    if (sch && target[0] != '/') {
-        const char *a = sch + 3;
-        const char *slash = memchr(a, '/', tlen - (size_t)(a - target));
-        path = slash ? slash : "/";
-        pl = slash ? tlen - (size_t)(slash - target) : 1;
-    }
-    for (int i = 0; i < cfg->nroutes; i++) {
-        const alb_route *rt = &cfg->routes[i];
-        if (!host_matches(rt, authority, hl))
-            continue;
-        if (rt->prefix_len && (pl < rt->prefix_len || memcmp(path, rt->prefix, rt->prefix_len)))
-            continue;
-        return i;
-    }
-    return -1;
 }

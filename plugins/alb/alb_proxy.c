@@ -7,6 +7,15 @@
  * same. Everything runs on the connection's worker; a session is freed only when the
  * client connection is gone, the upstream is detached, and no callback is on the stack
  * (close may report on_close synchronously from inside another callback).
+ *
+ * TLS (alb_tls.h) sits between the wire and the HTTP code on either side: ciphertext
+ * from on_data goes to the engine, whose plaintext callback is the HTTP entry point, and
+ * everything written goes through alb_tls_write. While the client side is paused (a
+ * request waits for its answer, or the upstream is backed up) the client's plaintext
+ * callback returns 1, so the engine keeps the undecrypted rest and the stash holds at
+ * most one record; un-pausing resumes the engine before the connection. A WebSocket
+ * upgrade with TLS on either side is relayed here (P_TUNNEL), since the host's pump
+ * moves raw bytes.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -22,6 +31,7 @@
 
 #define VIA_NAME "marchproxy-alb"
 #define MAX_FIELDS 256 /* parser default caps at 100 header lines */
+#define ALB_TRIES_MAX 12 /* first attempt + retries (a setting, at most 10) */
 
 /* Fields of one message head, copied out of the parser's borrowed spans. Offsets, not
  * pointers, so the buffer may grow while the head arrives. */
@@ -35,7 +45,7 @@ typedef struct head_store {
     size_t mo, ml, to, tl; /* request method / target, or response reason in mo/ml */
 } head_store;
 
-enum phase { P_IDLE, P_REQ, P_DONE };
+enum phase { P_IDLE, P_REQ, P_DONE, P_TUNNEL };
 enum resp_mode { R_NONE, R_RAW, R_CHUNK };
 enum ctimer { CT_NONE, CT_IDLE, CT_HEADER };
 
@@ -62,6 +72,35 @@ typedef struct sess {
     mp_timer *c_timer, *u_timer;
     enum ctimer c_timer_kind;
     int busy, c_gone;
+    /* Pool bookkeeping for the current request (alb_pool.h). */
+    int u_member;          /* member of upstream u_upstream that u is connected to */
+    alb_upstream *req_up;  /* upstream and member the current request went to */
+    int req_member;        /* -1 before it was dispatched */
+    int m_active;          /* the request holds an active count on req_member */
+    int reported;          /* its outcome was reported to the pool */
+    uint64_t req_key;      /* hash key for hash pools */
+    int tried[ALB_TRIES_MAX]; /* members this request tried, excluded from retries */
+    int ntried;
+    char *fwd_head;        /* upstream request head, kept to resend on a retry */
+    size_t fwd_len;
+    uint64_t body_sent;    /* request body bytes queued upstream (0: a retry is safe) */
+    /* The live tables this connection holds (alb_tables.c) and the current request's
+     * route, valid while `routes` is held. */
+    alb_route_table *routes;
+    alb_ratelimits *limits;
+    uint64_t tables_ver;
+    alb_route_result route;
+    int routed;
+    uint32_t retry_after;  /* seconds, for a 429 */
+    int accounted;         /* the current request was counted and logged */
+    struct sockaddr_storage peer;
+    int tls;               /* the client connection is TLS (X-Forwarded-Proto, logs) */
+    alb_tls_conn *ctls;    /* the client side's TLS, or NULL for plain HTTP */
+    alb_tls_conn *utls;    /* the upstream connection's TLS, or NULL */
+    int tls_undecided;     /* TLS configured, NLB protocol unknown: the first byte says */
+    int c_tls_held;        /* ctls stopped decrypting (plaintext callback said 1) */
+    int c_tcp_eof, c_ended; /* the client's TCP stream ended / its end was handled */
+    int t_c_done, t_u_done; /* P_TUNNEL: the client's / upstream's direction ended */
 } sess;
 
 static uint64_t now_us(void)
@@ -123,12 +162,18 @@ static int name_is(const head_store *h, size_t i, const char *name)
 
 static const mp_conn_handler client_handler, up_handler, dead_handler;
 static const struct alb_http_callbacks rs_callbacks;
+static int u_tls_start(sess *s, const alb_upstream *up, const alb_server *sv);
 
 static void sess_free(sess *s)
 {
+    alb_tls_conn_free(s->ctls);
+    alb_tls_conn_free(s->utls);
+    alb_route_table_unref(s->routes);
+    alb_ratelimits_unref(s->limits);
     free(s->rqh.buf);
     free(s->rsh.buf);
     free(s->stash);
+    free(s->fwd_head);
     free(s);
 }
 
@@ -140,6 +185,8 @@ static void leave(sess *s)
         sess_free(s);
 }
 
+static void c_tls_after(sess *s, int rc);
+
 static void set_c_paused(sess *s)
 {
     if (!s->c)
@@ -150,6 +197,14 @@ static void set_c_paused(sess *s)
         s->api->conn_pause(s->c);
     } else if (!want && s->c_paused) {
         s->c_paused = 0;
+        if (s->c_tls_held) {
+            /* Records the engine kept come before anything the host holds; they may
+             * pause the client again (a pipelined request) or end it. */
+            s->c_tls_held = 0;
+            c_tls_after(s, alb_tls_resume(s->ctls));
+            if (!s->c || s->c_paused)
+                return;
+        }
         s->api->conn_resume(s->c); /* may deliver held bytes right here */
     }
 }
@@ -182,6 +237,28 @@ static void cancel_u_timer(sess *s)
     s->u_timer = NULL;
 }
 
+/* The current request no longer occupies its member (least-conn counts). */
+static void member_end(sess *s)
+{
+    if (s->m_active && s->req_up)
+        alb_pool_end(&s->req_up->pool, s->req_member);
+    s->m_active = 0;
+}
+
+/* Reports the current request's outcome to its pool once; logs an ejection. */
+static void member_report(sess *s, alb_outcome o)
+{
+    if (!s->req_up || s->req_member < 0 || s->reported)
+        return;
+    s->reported = 1;
+    alb_pool *p = &s->req_up->pool;
+    if (alb_pool_report(p, s->req_member, o, alb_pool_now_ms()))
+        s->api->log(s->st->inst, MP_LOG_WARN,
+                    "alb: upstream %s server %s ejected for %u ms after %u failures",
+                    s->req_up->name, p->m[s->req_member].text, p->set.fail_timeout_ms,
+                    p->set.max_fails);
+}
+
 /* Lets go of the upstream connection. `close_it` is 0 only while the host is already
  * closing it (failed connect), where closing again from the callback is not wanted. */
 static void drop_u(sess *s, int close_it)
@@ -189,7 +266,10 @@ static void drop_u(sess *s, int close_it)
     mp_conn *u = s->u;
     if (!u)
         return;
+    member_end(s);
     cancel_u_timer(s);
+    alb_tls_conn_free(s->utls); /* deferred by the engine when inside its callback */
+    s->utls = NULL;
     s->u = NULL;
     s->u_paused = s->u_bp = 0;
     s->api->conn_set_handler(u, &dead_handler, NULL);
@@ -209,28 +289,87 @@ static void close_client(sess *s)
     cancel_c_timer(s);
     s->phase = P_DONE;
     s->hold = 1;
+    if (s->ctls)
+        alb_tls_shutdown(s->ctls); /* held bytes and close_notify go out first */
     s->api->conn_close(s->c); /* after the queued response is written */
 }
 
-static void c_send(sess *s, const void *p, size_t n)
+/* To the client; flags ALB_TLS_MORE when another piece follows at once (one record). */
+static void c_write(sess *s, const void *p, size_t n, int flags)
 {
     if (!s->c || !n)
         return;
     s->bytes_out += n;
-    if (s->api->conn_send(s->c, p, n) == 1 && s->u) {
+    int rc = s->ctls ? alb_tls_write(s->ctls, p, n, flags) : s->api->conn_send(s->c, p, n);
+    if (rc == 1 && s->u) {
         s->u_bp = 1; /* the client reads slowly: stop reading the upstream */
         set_u_paused(s);
     }
 }
 
-static void u_send(sess *s, const void *p, size_t n)
+static void c_send(sess *s, const void *p, size_t n)
+{
+    c_write(s, p, n, 0);
+}
+
+static void u_write(sess *s, const void *p, size_t n, int flags)
 {
     if (!s->u || !n)
         return;
-    if (s->api->conn_send(s->u, p, n) == 1) {
+    int rc = s->utls ? alb_tls_write(s->utls, p, n, flags) : s->api->conn_send(s->u, p, n);
+    if (rc == 1) {
         s->c_bp = 1; /* the upstream reads slowly: stop reading the client */
         set_c_paused(s);
     }
+}
+
+static void u_send(sess *s, const void *p, size_t n)
+{
+    u_write(s, p, n, 0);
+}
+
+/* The value of the current request's first field called `name` (case-insensitive). */
+static const char *req_header(void *ctx, const char *name, size_t *len)
+{
+    const head_store *h = &((sess *)ctx)->rqh;
+    for (size_t i = 0; i < h->n; i++)
+        if (name_is(h, i, name)) {
+            *len = h->f[i].vl;
+            return h->buf + h->f[i].vo;
+        }
+    return NULL;
+}
+
+/* Counts the current request once on its route and writes its access log line. */
+static void account(sess *s, int status)
+{
+    if (s->accounted)
+        return;
+    s->accounted = 1;
+    uint64_t lat = s->t_start ? now_us() - s->t_start : 0;
+    if (s->routed)
+        alb_route_stats_record(s->route.stats, status, lat, s->bytes_in, s->bytes_out);
+    if (!s->st->access_log)
+        return;
+    const head_store *h = &s->rqh;
+    alb_access_entry e = {
+        .peer = (const struct sockaddr *)&s->peer,
+        .latency_us = lat,
+        .method = h->buf + h->mo, .method_len = h->ml,
+        .target = h->buf + h->to, .target_len = h->tl,
+        .route_id = s->routed ? s->route.id : NULL,
+        .status = status, .bytes_in = s->bytes_in, .bytes_out = s->bytes_out,
+        .tls = s->tls,
+    };
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    e.start_wall_us = (uint64_t)wall.tv_sec * 1000000u + (uint64_t)wall.tv_nsec / 1000u - lat;
+    e.host = req_header(s, "host", &e.host_len);
+    e.referer = req_header(s, "referer", &e.referer_len);
+    e.user_agent = req_header(s, "user-agent", &e.user_agent_len);
+    if (s->req_up && s->req_member >= 0)
+        e.upstream = s->req_up->pool.m[s->req_member].text;
+    alb_access_log_write(s->st->access_log, &e);
 }
 
 static const char *reason_of(int st)
@@ -239,11 +378,13 @@ static const char *reason_of(int st)
     case 400: return "Bad Request";
     case 404: return "Not Found";
     case 408: return "Request Timeout";
+    case 429: return "Too Many Requests";
     case 414: return "URI Too Long";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     case 501: return "Not Implemented";
     case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
     case 505: return "HTTP Version Not Supported";
     default: return "Error";
@@ -254,23 +395,29 @@ static const char *reason_of(int st)
  * error the rest of the connection's bytes cannot be trusted to be framed right. */
 static void send_local(sess *s, int status)
 {
+    if (status == 502 || status == 504)
+        member_report(s, ALB_OUT_HTTP_5XX); /* no usable response from the member */
     drop_u(s, 1);
     if (!s->c || s->phase == P_DONE)
         return;
-    char body[96], head[256];
+    char body[96], head[320], extra[48] = "";
     int bl = snprintf(body, sizeof(body), "%d %s\n", status, reason_of(status));
+    if (status == 429)
+        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", s->retry_after);
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                      "Connection: close\r\n\r\n",
-                      status, reason_of(status), bl);
-    c_send(s, head, (size_t)hl);
-    if (s->req_method != ALB_HTTP_M_HEAD)
+                      "%sConnection: close\r\n\r\n",
+                      status, reason_of(status), bl, extra);
+    int has_body = s->req_method != ALB_HTTP_M_HEAD;
+    c_write(s, head, (size_t)hl, has_body ? ALB_TLS_MORE : 0);
+    if (has_body)
         c_send(s, body, (size_t)bl);
     atomic_fetch_add(&s->st->local_errors, 1);
     if (status == 502 || status == 504)
         atomic_fetch_add(&s->st->upstream_errors, 1);
     s->api->stats_request(s->st->inst, s->t_start ? now_us() - s->t_start : 0, status < 500,
                           s->bytes_in, s->bytes_out);
+    account(s, status);
     close_client(s);
 }
 
@@ -321,6 +468,12 @@ static int rq_begin(alb_http_parser *p)
     s->rstatus = 0;
     s->rmode = R_NONE;
     s->in_message = 1;
+    s->routed = 0;
+    s->accounted = 0;
+    if (!s->m_active) {
+        s->req_up = NULL;
+        s->req_member = -1;
+    }
     start_c_timer(s, CT_HEADER, s->st->cfg.header_ms);
     return 0;
 }
@@ -352,27 +505,96 @@ static void up_start_response(sess *s)
     s->u_timer = s->api->timer_add(s->u, s->st->cfg.response_ms, u_timer_fired, s);
 }
 
-/* Connects (or keeps) the upstream connection for group `ui`; 0 or an HTTP status. */
-static int ensure_upstream(sess *s, int ui)
+/* Counts the request on member `mi` of `up` from now on. */
+static void dispatch_to(sess *s, alb_upstream *up, int mi)
 {
-    if (s->u && s->u_upstream == ui)
+    s->req_up = up;
+    s->req_member = mi;
+    s->reported = 0;
+    alb_pool_begin(&up->pool, mi);
+    s->m_active = 1;
+}
+
+/* A failed connect may be retried on another member: only idempotent methods, only
+ * before any body byte went out and within the upstream's retries. */
+static int may_retry(const sess *s, const alb_upstream *up)
+{
+    switch (s->req_method) {
+    case ALB_HTTP_M_GET: case ALB_HTTP_M_HEAD: case ALB_HTTP_M_OPTIONS:
+    case ALB_HTTP_M_PUT: case ALB_HTTP_M_DELETE: case ALB_HTTP_M_TRACE:
+        break;
+    default:
         return 0;
-    drop_u(s, 1);
+    }
+    return s->ntried <= (int)up->retries && s->ntried < ALB_TRIES_MAX && !s->body_sent &&
+           !s->resp_started;
+}
+
+/* Connects to member `mi` of group `ui` (a fresh pick when mi < 0) and, while connects
+ * fail at once and retries allow, to further members. 0 or an HTTP status: 503 when
+ * the pool had no usable member to begin with, 502 when the tried ones failed. */
+static int connect_next(sess *s, int ui, int mi)
+{
     alb_upstream *up = &s->st->cfg.upstreams[ui];
-    uint64_t k = atomic_fetch_add(&up->rr, 1);
-    const alb_server *sv = &up->servers[k % (uint64_t)up->nservers];
-    mp_conn *u = NULL;
-    int rc = s->api->conn_connect(s->c, (const struct sockaddr *)&sv->addr, sv->addr_len,
-                                  s->st->cfg.connect_ms, &up_handler, s, &u);
-    if (rc < 0) {
+    for (;;) {
+        if (mi < 0)
+            mi = alb_pool_pick(&up->pool, s->req_key, s->tried, s->ntried, alb_pool_now_ms());
+        if (mi < 0)
+            return s->ntried ? 502 : 503;
+        s->tried[s->ntried++] = mi;
+        const alb_server *sv = &up->pool.m[mi];
+        mp_conn *u = NULL;
+        int rc = s->api->conn_connect(s->c, (const struct sockaddr *)&sv->addr, sv->addr_len,
+                                      s->st->cfg.connect_ms, &up_handler, s, &u);
+        if (rc == 0) {
+            s->u = u;
+            s->u_upstream = ui;
+            s->u_member = mi;
+            dispatch_to(s, up, mi);
+            alb_http_parser_init(&s->rs, ALB_HTTP_RESPONSE, NULL, &rs_callbacks, s);
+            if (up->tls && u_tls_start(s, up, sv) < 0) {
+                drop_u(s, 1);
+                return 502;
+            }
+            return 0;
+        }
         s->api->log(s->st->inst, MP_LOG_WARN, "alb: connect to %s failed: %s", sv->text,
                     strerror(-rc));
-        return 502;
+        s->req_up = up;
+        s->req_member = mi;
+        s->reported = 0;
+        member_report(s, ALB_OUT_CONNECT_ERROR);
+        if (!may_retry(s, up))
+            return 502;
+        mi = -1;
     }
-    s->u = u;
-    s->u_upstream = ui;
-    alb_http_parser_init(&s->rs, ALB_HTTP_RESPONSE, NULL, &rs_callbacks, s);
-    return 0;
+}
+
+/* Picks a member of group `ui` for this request and connects to it, or keeps the
+ * current upstream connection when it belongs to the same group and its member is
+ * still in service (for hash pools: is still the member the key maps to). */
+static int ensure_upstream(sess *s, int ui)
+{
+    alb_upstream *up = &s->st->cfg.upstreams[ui];
+    int mi = -1;
+    s->ntried = 0;
+    s->body_sent = 0;
+    if (s->u && s->u_upstream == ui) {
+        uint64_t now = alb_pool_now_ms();
+        if (up->pool.set.balance == ALB_BAL_HASH)
+            mi = alb_pool_pick(&up->pool, s->req_key, NULL, 0, now);
+        else if (alb_pool_member_ok(&up->pool, s->u_member, now))
+            mi = s->u_member;
+        if (mi >= 0 && mi == s->u_member) {
+            s->tried[s->ntried++] = mi;
+            dispatch_to(s, up, mi);
+            return 0;
+        }
+        if (mi < 0 && up->pool.set.balance == ALB_BAL_HASH)
+            return 503;
+    }
+    drop_u(s, 1);
+    return connect_next(s, ui, mi);
 }
 
 static int rq_headers_complete(alb_http_parser *p)
@@ -388,10 +610,28 @@ static int rq_headers_complete(alb_http_parser *p)
         return ALB_HTTP_CB_PAUSE;
     }
     head_store *h = &s->rqh;
-    int ri = alb_config_match(&s->st->cfg, m->authority, m->authority_len, h->buf + h->to,
-                              h->tl);
-    if (ri < 0) {
+    if (atomic_load_explicit(&s->st->tables_ver, memory_order_acquire) != s->tables_ver) {
+        alb_route_table_unref(s->routes);
+        alb_ratelimits_unref(s->limits);
+        alb_tables_get(s->st, &s->routes, &s->limits, &s->tables_ver);
+    }
+    alb_route_req rr = {m->authority, m->authority_len, h->buf + h->to, h->tl,
+                        h->buf + h->mo, h->ml, req_header, s};
+    if (alb_routes_match(s->routes, &rr, &s->route) < 0) {
+        atomic_fetch_add(&s->st->not_found, 1);
         s->local_status = 404;
+        return ALB_HTTP_CB_PAUSE;
+    }
+    s->routed = 1;
+    alb_rl_verdict verdict;
+    if (s->limits && alb_ratelimits_check(s->limits, s->route.id,
+                                          (const struct sockaddr *)&s->peer,
+                                          alb_pool_now_ms(), &verdict)) {
+        atomic_fetch_add(&s->st->rate_limited, 1);
+        if (s->route.stats)
+            atomic_fetch_add(&s->route.stats->rate_limited, 1);
+        s->retry_after = verdict.retry_after_s;
+        s->local_status = 429;
         return ALB_HTTP_CB_PAUSE;
     }
     struct alb_http_field fields[MAX_FIELDS];
@@ -405,6 +645,7 @@ static int rq_headers_complete(alb_http_parser *p)
     };
     struct alb_fwd_opts o = {
         .client_addr = s->client_ip, .via_name = VIA_NAME, .pass_upgrade = 1,
+        .upstream_host = s->route.host_rewrite, .client_tls = s->tls,
         .framing = m->framing == ALB_HTTP_BODY_CHUNKED  ? ALB_FWD_BODY_CHUNKED
                    : m->framing == ALB_HTTP_BODY_LENGTH ? ALB_FWD_BODY_LENGTH
                                                         : ALB_FWD_BODY_NONE,
@@ -423,16 +664,20 @@ static int rq_headers_complete(alb_http_parser *p)
         s->local_status = hr == ALB_HDR_E_NOSPACE ? 431 : 400;
         return ALB_HTTP_CB_PAUSE;
     }
-    int st = ensure_upstream(s, s->st->cfg.routes[ri].upstream);
+    int ui = s->route.upstream;
+    free(s->fwd_head); /* kept until the next request, to resend on a retry */
+    s->fwd_head = out;
+    s->fwd_len = olen;
+    s->req_key = alb_pool_request_key(&s->st->cfg.upstreams[ui].pool, fields, h->n,
+                                      s->client_ip);
+    int st = ensure_upstream(s, ui);
     if (st) {
-        free(out);
         s->local_status = st;
         return ALB_HTTP_CB_PAUSE;
     }
     s->phase = P_REQ;
     up_start_response(s);
-    u_send(s, out, olen);
-    free(out);
+    u_send(s, s->fwd_head, s->fwd_len);
     return 0;
 }
 
@@ -440,11 +685,12 @@ static int rq_body(alb_http_parser *p, const char *d, size_t n)
 {
     sess *s = p->user;
     s->bytes_in += n;
+    s->body_sent += n;
     if (s->req_chunked) {
         char hx[24];
         int hl = snprintf(hx, sizeof(hx), "%zx\r\n", n);
-        u_send(s, hx, (size_t)hl);
-        u_send(s, d, n);
+        u_write(s, hx, (size_t)hl, ALB_TLS_MORE);
+        u_write(s, d, n, ALB_TLS_MORE);
         u_send(s, "\r\n", 2);
     } else {
         u_send(s, d, n);
@@ -584,6 +830,8 @@ static int rs_headers_complete(alb_http_parser *p)
     int st = s->rstatus;
     cancel_u_timer(s);
     int informational = st < 200 && st != 101;
+    if (!informational)
+        member_report(s, st >= 500 ? ALB_OUT_HTTP_5XX : ALB_OUT_OK);
     int upgrade = st == 101 && s->upgrade_req;
     if (st == 101 && !s->upgrade_req)
         return -1; /* 101 to a request that asked for no upgrade: broken upstream */
@@ -643,7 +891,9 @@ static int rs_headers_complete(alb_http_parser *p)
         conn = "Connection: keep-alive\r\n";
     len += (size_t)snprintf(out + len, cap - len, "%s%sVia: 1.1 " VIA_NAME "\r\n\r\n", framing,
                             conn);
-    c_send(s, out, len);
+    /* With TLS the head waits for the first body piece to share a record with it;
+     * up_data_done flushes it when no body came with this read. */
+    c_write(s, out, len, ALB_TLS_MORE);
     free(out);
     return 0;
 }
@@ -654,8 +904,8 @@ static int rs_body(alb_http_parser *p, const char *d, size_t n)
     if (s->rmode == R_CHUNK) {
         char hx[24];
         int hl = snprintf(hx, sizeof(hx), "%zx\r\n", n);
-        c_send(s, hx, (size_t)hl);
-        c_send(s, d, n);
+        c_write(s, hx, (size_t)hl, ALB_TLS_MORE);
+        c_write(s, d, n, ALB_TLS_MORE);
         c_send(s, "\r\n", 2);
     } else if (s->rmode == R_RAW) {
         c_send(s, d, n);
@@ -688,7 +938,9 @@ static void finish_exchange(sess *s, int upstream_reusable)
     atomic_fetch_add(&s->st->requests, 1);
     s->api->stats_request(s->st->inst, now_us() - s->t_start, s->rstatus < 500, s->bytes_in,
                           s->bytes_out);
+    account(s, s->rstatus);
     cancel_u_timer(s);
+    member_end(s);
     if (!s->req_done) {
         /* Answered before the request body ended: the rest of it is still on both
          * connections, so neither can carry another request. */
@@ -729,6 +981,16 @@ static void upgrade_to_pump(sess *s, const uint8_t *rest, size_t rest_len)
     s->api->stats_request(s->st->inst, now_us() - s->t_start, 1, s->bytes_in, s->bytes_out);
     cancel_u_timer(s);
     cancel_c_timer(s);
+    member_end(s); /* a tunnel is not a request in flight */
+    if (s->ctls || s->utls) {
+        /* The host's pump would move ciphertext from one TLS session into the other:
+         * relay the plaintext here instead, with the usual pause/drain rules. */
+        s->phase = P_TUNNEL;
+        s->hold = 0;
+        set_u_paused(s);
+        set_c_paused(s); /* lets the client's held records and bytes through */
+        return;
+    }
     mp_conn *c = s->c, *u = s->u;
     s->phase = P_DONE;
     if (s->c_paused)
@@ -791,30 +1053,59 @@ static void feed_upstream(sess *s, const uint8_t *d, size_t n)
     }
 }
 
-/* ------------------------------------------------------------ connection callbacks */
+/* ------------------------------------------------------------ tunnel (TLS upgrade) */
 
-static void c_data(void *ctx, mp_conn *c, const uint8_t *d, size_t n)
+/* One direction of a relayed upgrade ended: pass the end on (close_notify, then FIN);
+ * once both did, close both connections. */
+static void tunnel_end(sess *s, int client_side)
 {
-    sess *s = ctx;
-    enter(s);
-    if (s->phase == P_IDLE && !s->in_message)
-        cancel_c_timer(s);
-    feed_client(s, d, n);
-    leave(s);
+    if (client_side) {
+        s->t_c_done = 1;
+        if (s->u) {
+            if (s->utls)
+                alb_tls_shutdown(s->utls);
+            s->api->conn_shutdown_write(s->u);
+        }
+    } else {
+        s->t_u_done = 1;
+        if (s->c) {
+            if (s->ctls)
+                alb_tls_shutdown(s->ctls);
+            s->api->conn_shutdown_write(s->c);
+        }
+    }
+    if (!s->t_c_done || !s->t_u_done)
+        return;
+    mp_conn *u = s->u;
+    if (u) {
+        alb_tls_conn_free(s->utls);
+        s->utls = NULL;
+        s->u = NULL;
+        s->api->conn_set_handler(u, &dead_handler, NULL);
+        s->api->conn_close(u);
+    }
+    close_client(s);
 }
 
-static void c_eof(void *ctx, mp_conn *c)
+/* ------------------------------------------------------------ client side */
+
+/* The client finished sending (TCP EOF, or close_notify): answer what is in flight,
+ * then close. Runs once. */
+static void c_end(sess *s)
 {
-    sess *s = ctx;
-    enter(s);
-    if (s->phase == P_REQ) {
+    if (s->c_ended || !s->c)
+        return;
+    s->c_ended = 1;
+    if (s->phase == P_TUNNEL) {
+        tunnel_end(s, 1);
+    } else if (s->phase == P_REQ) {
         s->client_close = 1; /* half-closed after its request: answer, then close */
         if (!s->req_done && !s->hold) {
             /* the body was cut short */
             if (alb_http_parser_finish(&s->rq) == ALB_HTTP_ERROR) {
                 if (s->resp_started) {
                     drop_u(s, 1);
-                    s->api->conn_abort(c);
+                    s->api->conn_abort(s->c);
                 } else {
                     send_local(s, 400);
                 }
@@ -826,6 +1117,102 @@ static void c_eof(void *ctx, mp_conn *c)
         else
             close_client(s);
     }
+}
+
+/* What a call into the client's TLS engine returned. */
+static void c_tls_after(sess *s, int rc)
+{
+    if (rc == -ECANCELED || !s->ctls || !s->c)
+        return;
+    if (rc == ALB_TLS_OK && s->c_tcp_eof && !s->c_tls_held)
+        rc = alb_tls_eof(s->ctls); /* the end met while paused: report it now */
+    if (rc == ALB_TLS_EOF || (rc == -ECONNABORTED && s->c_tcp_eof)) {
+        /* close_notify, or a plain FIN (harmless after a complete request) */
+        c_end(s);
+    } else if (rc < 0) {
+        s->api->log(s->st->inst, MP_LOG_DEBUG, "alb: TLS with %s: %s", s->client_ip,
+                    alb_tls_error(s->ctls));
+        drop_u(s, 1);
+        if (s->c)
+            s->api->conn_abort(s->c);
+    }
+}
+
+static int c_tls_wire(void *arg, const uint8_t *d, size_t n)
+{
+    sess *s = arg;
+    return s->c ? s->api->conn_send(s->c, d, n) : -EPIPE;
+}
+
+/* Decrypted client bytes: today's HTTP entry point (or the tunnel). 1 stops the engine
+ * while the client is paused, so at most this record ends up in the stash. */
+static int c_tls_plain(void *arg, const uint8_t *d, size_t n)
+{
+    sess *s = arg;
+    if (s->phase == P_TUNNEL) {
+        u_send(s, d, n);
+    } else {
+        if (s->phase == P_IDLE && !s->in_message)
+            cancel_c_timer(s); /* a request begins (the idle timer covered the handshake) */
+        feed_client(s, d, n);
+    }
+    if (!s->c || s->c_paused || s->phase == P_DONE) {
+        s->c_tls_held = 1;
+        return 1;
+    }
+    return 0;
+}
+
+static int c_tls_begin(sess *s)
+{
+    alb_tls_io io = {.send = c_tls_wire, .plaintext = c_tls_plain, .ready = NULL, .arg = s};
+    char why[256];
+    int rc = alb_state_tls_accept(s->st, &io, &s->ctls, why, sizeof(why));
+    if (rc < 0) {
+        s->api->log(s->st->inst, MP_LOG_WARN, "alb: TLS for %s: %s", s->client_ip, why);
+        return rc;
+    }
+    s->tls = 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------ connection callbacks */
+
+static void c_data(void *ctx, mp_conn *c, const uint8_t *d, size_t n)
+{
+    sess *s = ctx;
+    enter(s);
+    if (s->tls_undecided) {
+        /* 0x16 opens a TLS handshake record; no HTTP method starts with it */
+        s->tls_undecided = 0;
+        if (n && d[0] == 0x16 && c_tls_begin(s) < 0) {
+            drop_u(s, 1);
+            s->api->conn_abort(c);
+            leave(s);
+            return;
+        }
+    }
+    if (s->ctls) {
+        c_tls_after(s, alb_tls_feed(s->ctls, d, n));
+    } else if (s->phase == P_TUNNEL) {
+        u_send(s, d, n);
+    } else {
+        if (s->phase == P_IDLE && !s->in_message)
+            cancel_c_timer(s);
+        feed_client(s, d, n);
+    }
+    leave(s);
+}
+
+static void c_eof(void *ctx, mp_conn *c)
+{
+    sess *s = ctx;
+    enter(s);
+    s->c_tcp_eof = 1;
+    if (s->ctls)
+        c_tls_after(s, alb_tls_eof(s->ctls)); /* PAUSED: the resume reports the end */
+    else
+        c_end(s);
     leave(s);
 }
 
@@ -850,16 +1237,127 @@ static void c_closed(void *ctx, mp_conn *c, mp_close_reason reason, int err)
     leave(s);
 }
 
+/* ------------------------------------------------------------ upstream side */
+
+static const char *u_member_text(const sess *s)
+{
+    if (s->u_upstream < 0 || s->u_member < 0)
+        return "?";
+    return s->st->cfg.upstreams[s->u_upstream].pool.m[s->u_member].text;
+}
+
+static void u_lost(sess *s);
+
+/* The upstream finished sending (FIN, or close_notify). */
+static void u_end(sess *s)
+{
+    if (s->phase == P_TUNNEL) {
+        tunnel_end(s, 0);
+        return;
+    }
+    u_lost(s);
+    drop_u(s, 1);
+}
+
+/* What a call into the upstream's TLS engine returned. */
+static void u_tls_after(sess *s, int rc)
+{
+    if (rc == -ECANCELED || rc == ALB_TLS_OK || rc == ALB_TLS_PAUSED || !s->u)
+        return;
+    if (rc == ALB_TLS_EOF) {
+        u_end(s);
+        return;
+    }
+    s->api->log(s->st->inst, MP_LOG_WARN, "alb: upstream %s server %s: TLS: %s",
+                s->st->cfg.upstreams[s->u_upstream].name, u_member_text(s),
+                s->utls ? alb_tls_error(s->utls) : strerror(-rc));
+    if (s->phase == P_REQ && !s->resp_started) {
+        send_local(s, 502); /* e.g. its certificate failed verification */
+        return;
+    }
+    int in_use = s->phase == P_REQ || s->phase == P_TUNNEL;
+    drop_u(s, 1);
+    if (in_use && s->c)
+        s->api->conn_abort(s->c); /* a response (or tunnel) cut short */
+}
+
+/* After a read from the upstream: send a response head that waited for body bytes. */
+static void up_data_done(sess *s)
+{
+    if (s->ctls && s->c)
+        alb_tls_flush(s->ctls);
+}
+
+static int u_tls_wire(void *arg, const uint8_t *d, size_t n)
+{
+    sess *s = arg;
+    return s->u ? s->api->conn_send(s->u, d, n) : -EPIPE;
+}
+
+static int u_tls_plain(void *arg, const uint8_t *d, size_t n)
+{
+    sess *s = arg;
+    if (s->phase == P_TUNNEL)
+        c_send(s, d, n);
+    else
+        feed_upstream(s, d, n);
+    return 0; /* the host's pause of the upstream bounds what one read decrypts */
+}
+
+/* The handshake finished and the request bytes written during it went out. */
+static void u_tls_ready(void *arg)
+{
+    sess *s = arg;
+    if (s->c_bp) {
+        s->c_bp = 0;
+        set_c_paused(s);
+    }
+}
+
+/* Wraps the new upstream connection s->u in TLS and queues the ClientHello (the host
+ * keeps it until the TCP connect finished). */
+static int u_tls_start(sess *s, const alb_upstream *up, const alb_server *sv)
+{
+    alb_tls_io io = {.send = u_tls_wire, .plaintext = u_tls_plain, .ready = u_tls_ready,
+                     .arg = s};
+    char why[256];
+    int rc = alb_tls_conn_new_client(up->tls, NULL, &io, &s->utls, why, sizeof(why));
+    if (rc == 0 && (rc = alb_tls_start(s->utls)) < 0)
+        snprintf(why, sizeof(why), "%s", alb_tls_error(s->utls));
+    if (rc < 0) {
+        s->api->log(s->st->inst, MP_LOG_WARN, "alb: upstream %s server %s: TLS: %s", up->name,
+                    sv->text, why);
+        return rc;
+    }
+    return 0;
+}
+
 static void u_connected(void *ctx, mp_conn *u, int err, const char *reason)
 {
     sess *s = ctx;
     if (err == 0 || u != s->u)
         return;
     enter(s);
-    s->api->log(s->st->inst, MP_LOG_WARN, "alb: upstream %s", reason ? reason : "failed");
+    if (s->req_up && s->req_member >= 0)
+        s->api->log(s->st->inst, MP_LOG_WARN, "alb: upstream %s server %s: %s",
+                    s->req_up->name, s->req_up->pool.m[s->req_member].text,
+                    reason ? reason : "connect failed");
+    else
+        s->api->log(s->st->inst, MP_LOG_WARN, "alb: upstream %s", reason ? reason : "failed");
     drop_u(s, 0); /* the host closes it after this callback */
+    member_report(s, ALB_OUT_CONNECT_ERROR);
+    int status = err == -ETIMEDOUT ? 504 : 502;
+    if (s->c && s->phase == P_REQ && s->req_up && may_retry(s, s->req_up)) {
+        status = connect_next(s, s->u_upstream, -1); /* another member */
+        if (status == 0) {
+            up_start_response(s);
+            u_send(s, s->fwd_head, s->fwd_len);
+            leave(s);
+            return;
+        }
+    }
     if (!s->resp_started)
-        send_local(s, err == -ETIMEDOUT ? 504 : 502);
+        send_local(s, status);
     else if (s->c)
         s->api->conn_abort(s->c);
     leave(s);
@@ -869,7 +1367,13 @@ static void u_data(void *ctx, mp_conn *u, const uint8_t *d, size_t n)
 {
     sess *s = ctx;
     enter(s);
-    feed_upstream(s, d, n);
+    if (s->utls)
+        u_tls_after(s, alb_tls_feed(s->utls, d, n));
+    else if (s->phase == P_TUNNEL)
+        c_send(s, d, n);
+    else
+        feed_upstream(s, d, n);
+    up_data_done(s);
     leave(s);
 }
 
@@ -897,8 +1401,27 @@ static void u_eof(void *ctx, mp_conn *u)
 {
     sess *s = ctx;
     enter(s);
-    u_lost(s);
-    drop_u(s, 1);
+    if (!s->utls) {
+        u_end(s);
+    } else {
+        int rc = alb_tls_eof(s->utls);
+        if (rc == -ECONNABORTED && s->phase == P_REQ && s->resp_started &&
+            s->rs.msg.framing == ALB_HTTP_BODY_EOF) {
+            /* A body delimited by the close, ended without close_notify: it may have
+             * been cut short, so the client must not take it as complete. */
+            s->api->log(s->st->inst, MP_LOG_WARN,
+                        "alb: upstream server %s closed without close_notify mid-response",
+                        u_member_text(s));
+            drop_u(s, 1);
+            if (s->c)
+                s->api->conn_abort(s->c);
+        } else if (rc == -ECONNABORTED) {
+            u_end(s);
+        } else {
+            u_tls_after(s, rc);
+        }
+    }
+    up_data_done(s);
     leave(s);
 }
 
@@ -922,11 +1445,19 @@ static void u_closed(void *ctx, mp_conn *u, mp_close_reason reason, int err)
     s->u_timer = NULL; /* the host cancelled the connection's timers */
     s->u_paused = s->u_bp = 0;
     s->u = NULL;
+    alb_tls_conn_free(s->utls);
+    s->utls = NULL;
+    member_end(s);
     if (s->c_bp) {
         s->c_bp = 0;
         set_c_paused(s);
     }
-    u_lost(s);
+    if (s->phase == P_TUNNEL) {
+        if (s->c)
+            close_client(s);
+    } else {
+        u_lost(s);
+    }
     leave(s);
 }
 
@@ -954,8 +1485,18 @@ static const mp_conn_handler dead_handler = {
     .on_close = dead_closed,
 };
 
+/* With tls { } configured, a connection is TLS when the NLB saw (or the listener binds)
+ * https, plain when it saw another HTTP-family protocol, and for a tcp listener or an
+ * unsniffed connection the first byte decides (c_data). Without it, TLS connections
+ * are refused: the plugin has no certificate to answer them with. */
 int alb_proxy_on_connection(alb_state *st, mp_conn *c, const mp_conn_info *info)
 {
+    int proto = info ? info->protocol : MP_PROTO_UNSPECIFIED;
+    if (proto == MP_PROTO_HTTPS && !st->cfg.tls_server) {
+        st->api->log(st->inst, MP_LOG_DEBUG,
+                     "alb: a TLS connection, but this instance has no tls settings: refused");
+        return -EPROTONOSUPPORT;
+    }
     sess *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
@@ -963,9 +1504,14 @@ int alb_proxy_on_connection(alb_state *st, mp_conn *c, const mp_conn_info *info)
     s->api = st->api;
     s->c = c;
     s->u_upstream = -1;
+    s->u_member = -1;
+    s->req_member = -1;
     s->phase = P_IDLE;
     snprintf(s->client_ip, sizeof(s->client_ip), "unknown");
     if (info && info->peer) {
+        memcpy(&s->peer, info->peer, info->peer->sa_family == AF_INET6
+                                         ? sizeof(struct sockaddr_in6)
+                                         : sizeof(struct sockaddr_in));
         if (info->peer->sa_family == AF_INET)
             inet_ntop(AF_INET, &((const struct sockaddr_in *)info->peer)->sin_addr,
                       s->client_ip, sizeof(s->client_ip));
@@ -975,6 +1521,17 @@ int alb_proxy_on_connection(alb_state *st, mp_conn *c, const mp_conn_info *info)
     }
     alb_http_parser_init(&s->rq, ALB_HTTP_REQUEST, NULL, &rq_callbacks, s);
     alb_http_parser_init(&s->rs, ALB_HTTP_RESPONSE, NULL, &rs_callbacks, s);
+    if (st->cfg.tls_server) {
+        if (proto == MP_PROTO_HTTPS) {
+            int rc = c_tls_begin(s);
+            if (rc < 0) {
+                sess_free(s);
+                return rc;
+            }
+        } else if (proto == MP_PROTO_UNSPECIFIED || proto == MP_PROTO_TCP) {
+            s->tls_undecided = 1;
+        }
+    }
     atomic_fetch_add(&st->connections, 1); /* the host keeps the live gauge itself */
     st->api->conn_set_handler(c, &client_handler, s);
     start_c_timer(s, CT_IDLE, st->cfg.idle_ms);

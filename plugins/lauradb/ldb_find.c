@@ -10,6 +10,7 @@
 #include "ldb_store_int.h"
 #include "ldb_compare.h"
 #include "ldb_match.h"
+#include "ldb_plan.h"
 #include "ldb_project.h"
 
 #include <errno.h>
@@ -69,109 +70,286 @@ static void held_free(struct held *h, size_t from, size_t to)
         bson_destroy(h[i].doc);
 }
 
-/* Scans the collection inside txn. Unsorted results go straight out; sorted ones are
- * copied into *held (the copies outlive the transaction). */
-static int scan(struct query *q, MDB_txn *txn, MDB_dbi dbi, struct held **held_out,
-                size_t *n_out)
+/* Where matching documents go: straight out (unsorted, or already in sort order) or
+ * into the held array for sorting. */
+struct sink {
+    struct held *held;
+    size_t n, cap, seq;
+    size_t keep; /* with a limit, the best skip+limit are all that can be returned */
+    int64_t skipped;
+    bool stream;
+};
+
+static void sink_init(struct sink *k, const struct query *q, bool sorted_already)
 {
-    MDB_cursor *c;
-    MDB_val k, v;
-    struct held *held = NULL;
-    size_t n = 0, cap = 0, seq = 0;
+    memset(k, 0, sizeof *k);
+    k->stream = !q->sort || sorted_already;
     /* With a limit only the best skip+limit documents can be returned; keep twice that
      * and trim by sorting when full, which bounds memory at O(skip + limit). */
-    size_t keep = q->limit > 0 ? (size_t)q->skip + (size_t)q->limit : 0;
+    k->keep = q->limit > 0 ? (size_t)q->skip + (size_t)q->limit : 0;
     /* A limit too large to bound anything is treated as none, so the refusal applies. */
-    if (keep > LDB_SORT_MAX)
-        keep = 0;
-    int64_t skipped = 0;
+    if (k->keep > LDB_SORT_MAX)
+        k->keep = 0;
+}
+
+static void sink_free(struct sink *k)
+{
+    held_free(k->held, 0, k->n);
+    free(k->held);
+    k->held = NULL;
+    k->n = 0;
+}
+
+/* One candidate document, in scan order. Returns 0 to go on, 1 to stop, <0 error. */
+static int consume(struct query *q, struct sink *k, const bson_t *doc)
+{
+    if (!ldb_match(q->m, doc))
+        return 0;
+    if (k->stream) {
+        if (k->skipped < q->skip) {
+            k->skipped++;
+            return 0;
+        }
+        int rc = emit(q, doc);
+        if (rc != 0)
+            return rc;
+        return q->limit > 0 && (int64_t)q->stats->returned >= q->limit ? 1 : 0;
+    }
+    if (!k->keep && k->n >= LDB_SORT_MAX) {
+        snprintf(q->err, q->err_len,
+                 "sort exceeded %d documents without a limit; add a limit or a narrower "
+                 "filter", LDB_SORT_MAX);
+        return -E2BIG;
+    }
+    if (k->n == k->cap) {
+        size_t ncap = k->cap ? k->cap * 2 : 64;
+        struct held *nh = realloc(k->held, ncap * sizeof *nh);
+        if (!nh) {
+            snprintf(q->err, q->err_len, "out of memory");
+            return -ENOMEM;
+        }
+        k->held = nh;
+        k->cap = ncap;
+    }
+    if (!(k->held[k->n].doc = bson_copy(doc))) {
+        snprintf(q->err, q->err_len, "out of memory");
+        return -ENOMEM;
+    }
+    k->held[k->n].seq = k->seq++;
+    k->n++;
+    if (k->keep && k->n >= 2 * k->keep) {
+        qsort_r(k->held, k->n, sizeof *k->held, held_cmp, q->sort);
+        held_free(k->held, k->keep, k->n);
+        k->n = k->keep;
+    }
+    return 0;
+}
+
+static int doc_of(struct query *q, const MDB_val *v, bson_t *doc)
+{
+    q->stats->examined++;
+    if (bson_init_static(doc, v->mv_data, v->mv_size))
+        return 0;
+    snprintf(q->err, q->err_len, "corrupt document");
+    return -EIO;
+}
+
+/* Scans the collection inside txn in _id order. */
+static int scan(struct query *q, MDB_txn *txn, MDB_dbi dbi, struct sink *k)
+{
+    MDB_cursor *c;
+    MDB_val key, v;
     int rc = mdb_cursor_open(txn, dbi, &c);
     if (rc != 0)
         return ldb_mdb_err(rc, "cursor", q->err, q->err_len);
     int result = 0;
-    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+    for (rc = mdb_cursor_get(c, &key, &v, MDB_FIRST); rc == 0 && result == 0;
+         rc = mdb_cursor_get(c, &key, &v, MDB_NEXT)) {
         bson_t doc;
-        q->stats->examined++;
-        if (!bson_init_static(&doc, v.mv_data, v.mv_size)) {
-            snprintf(q->err, q->err_len, "corrupt document");
-            result = -EIO;
-            break;
-        }
-        if (!ldb_match(q->m, &doc))
-            continue;
-        if (!q->sort) {
-            if (skipped < q->skip) {
-                skipped++;
-                continue;
-            }
-            result = emit(q, &doc);
-            if (result != 0 || (q->limit > 0 && (int64_t)q->stats->returned >= q->limit))
-                break;
-            continue;
-        }
-        if (!keep && n >= LDB_SORT_MAX) {
-            snprintf(q->err, q->err_len,
-                     "sort exceeded %d documents without a limit; add a limit or a narrower "
-                     "filter", LDB_SORT_MAX);
-            result = -E2BIG;
-            break;
-        }
-        if (n == cap) {
-            size_t ncap = cap ? cap * 2 : 64;
-            struct held *nh = realloc(held, ncap * sizeof *nh);
-            if (!nh) {
-                result = -ENOMEM;
-                snprintf(q->err, q->err_len, "out of memory");
-                break;
-            }
-            held = nh;
-            cap = ncap;
-        }
-        held[n].doc = bson_copy(&doc);
-        held[n].seq = seq++;
-        n++;
-        if (keep && n >= 2 * keep) {
-            qsort_r(held, n, sizeof *held, held_cmp, q->sort);
-            held_free(held, keep, n);
-            n = keep;
-        }
+        result = doc_of(q, &v, &doc);
+        if (result == 0)
+            result = consume(q, k, &doc);
     }
     if (result == 0 && rc != 0 && rc != MDB_NOTFOUND)
         result = ldb_mdb_err(rc, "scan", q->err, q->err_len);
     mdb_cursor_close(c);
-    if (result < 0) {
-        held_free(held, 0, n);
-        free(held);
-        return result;
-    }
-    *held_out = held;
-    *n_out = n;
-    return 0;
+    return result < 0 ? result : 0;
 }
 
-static int run(ldb_store *s, MDB_dbi dbi, struct query *q)
+/* The document an index entry names; its absence means index and data disagree. */
+static int fetch(struct query *q, MDB_txn *txn, MDB_dbi dbi, const MDB_val *id, bson_t *doc)
+{
+    MDB_val key = *id, v;
+    int rc = mdb_get(txn, dbi, &key, &v);
+    if (rc == MDB_NOTFOUND) {
+        snprintf(q->err, q->err_len, "index %s names a missing document", q->stats->index);
+        return -EUCLEAN;
+    }
+    if (rc != 0)
+        return ldb_mdb_err(rc, "fetch", q->err, q->err_len);
+    return doc_of(q, &v, doc);
+}
+
+/* Reads the plan's ranges in index order (backward when the plan says), handing each
+ * document to the sink: the index's order is the sort's, and skip/limit stop early.
+ * Within one key, duplicates are read in _id order either way, which is the
+ * collection scan's tie-break. */
+static int index_stream(struct query *q, MDB_txn *txn, MDB_dbi dbi, const struct ldb_index *ix,
+                        const ldb_plan *plan, struct sink *k)
+{
+    MDB_cursor *c;
+    MDB_val key, v;
+    int rc = mdb_cursor_open(txn, ix->dbi, &c);
+    if (rc != 0)
+        return ldb_mdb_err(rc, "index cursor", q->err, q->err_len);
+    int result = 0;
+    for (size_t i = 0; i < plan->n && result == 0; i++) {
+        const struct ldb_range *r = &plan->ranges[plan->backward ? plan->n - 1 - i : i];
+        if (!plan->backward) {
+            key.mv_data = r->lo;
+            key.mv_size = r->lo_len;
+            rc = mdb_cursor_get(c, &key, &v, r->lo_len ? MDB_SET_RANGE : MDB_FIRST);
+            for (; rc == 0 && result == 0; rc = mdb_cursor_get(c, &key, &v, MDB_NEXT)) {
+                bson_t doc;
+                if (!ldb_range_below_hi(r, key.mv_data, key.mv_size))
+                    break;
+                q->stats->keys_examined++;
+                result = fetch(q, txn, dbi, &v, &doc);
+                if (result == 0)
+                    result = consume(q, k, &doc);
+            }
+        } else {
+            /* Start after every key that has hi as a prefix: at hi's successor. */
+            uint8_t succ[LDB_IKEY_PREFIX];
+            size_t sl = r->has_hi ? r->hi_len : 0;
+            memcpy(succ, r->hi, sl);
+            while (sl > 0 && succ[sl - 1] == 0xFF)
+                sl--;
+            if (sl > 0) {
+                succ[sl - 1]++;
+                key.mv_data = succ;
+                key.mv_size = sl;
+                rc = mdb_cursor_get(c, &key, &v, MDB_SET_RANGE);
+                if (rc == 0)
+                    rc = mdb_cursor_get(c, &key, &v, MDB_PREV_NODUP);
+                else if (rc == MDB_NOTFOUND)
+                    rc = mdb_cursor_get(c, &key, &v, MDB_LAST); /* nothing after succ */
+            } else {
+                rc = mdb_cursor_get(c, &key, &v, MDB_LAST);
+            }
+            for (; rc == 0 && result == 0; rc = mdb_cursor_get(c, &key, &v, MDB_PREV_NODUP)) {
+                if (!ldb_range_above_lo(r, key.mv_data, key.mv_size))
+                    break;
+                rc = mdb_cursor_get(c, &key, &v, MDB_FIRST_DUP);
+                for (; rc == 0 && result == 0; rc = mdb_cursor_get(c, &key, &v, MDB_NEXT_DUP)) {
+                    bson_t doc;
+                    q->stats->keys_examined++;
+                    result = fetch(q, txn, dbi, &v, &doc);
+                    if (result == 0)
+                        result = consume(q, k, &doc);
+                }
+                if (rc != MDB_NOTFOUND)
+                    break;
+                rc = 0;
+            }
+        }
+        if (result == 0 && rc != 0 && rc != MDB_NOTFOUND)
+            result = ldb_mdb_err(rc, "index scan", q->err, q->err_len);
+    }
+    mdb_cursor_close(c);
+    return result < 0 ? result : 0;
+}
+
+/* Fetches the candidates in _id order — the collection scan's order, so results and
+ * tie-breaks are the same — each once. An _id lookup may name nothing. */
+static int fetch_all(struct query *q, MDB_txn *txn, MDB_dbi dbi, const ldb_keylist *ids,
+                     bool may_miss, struct sink *k)
+{
+    int result = 0;
+    for (size_t i = 0; i < ids->n && result == 0; i++) {
+        MDB_val id = {.mv_size = ids->v[i].len, .mv_data = (void *)ldb_keylist_at(ids, i)}, v;
+        bson_t doc;
+        if (may_miss) {
+            int rc = mdb_get(txn, dbi, &id, &v);
+            if (rc == MDB_NOTFOUND)
+                continue;
+            result = rc ? ldb_mdb_err(rc, "fetch", q->err, q->err_len) : doc_of(q, &v, &doc);
+        } else {
+            result = fetch(q, txn, dbi, &id, &doc);
+        }
+        if (result == 0)
+            result = consume(q, k, &doc);
+    }
+    return result < 0 ? result : 0;
+}
+
+/* Plans and runs the query in txn; results that were not streamed stay in k. */
+static int execute(ldb_store *s, const char *ns, MDB_txn *txn, MDB_dbi dbi, struct query *q,
+                   const bson_t *sort, struct sink *k)
+{
+    ldb_ixset set;
+    ldb_plan plan;
+    int rc = ldb_ixset_load(s, txn, ns, &set, q->err, q->err_len);
+    if (rc != 0)
+        return rc;
+    rc = ldb_plan_choose(txn, dbi, &set, q->m, q->sort ? sort : NULL, &plan, q->err,
+                         q->err_len);
+    if (rc == 0 && plan.index != -1) {
+        const char *name = plan.index == LDB_PLAN_ID ? "_id_" : set.v[plan.index].name;
+        snprintf(q->stats->index, sizeof q->stats->index, "%s", name);
+        sink_init(k, q, plan.serves_sort);
+        if (plan.serves_sort) {
+            rc = index_stream(q, txn, dbi, &set.v[plan.index], &plan, k);
+        } else {
+            ldb_keylist ids = {0};
+            rc = ldb_plan_collect(txn, &set, &plan, &ids, &q->stats->keys_examined, q->err,
+                                  q->err_len);
+            if (rc == 0)
+                rc = fetch_all(q, txn, dbi, &ids, plan.index == LDB_PLAN_ID, k);
+            ldb_keylist_free(&ids);
+            if (rc == 1) {
+                /* Too many candidates for the index to pay off. */
+                q->stats->index[0] = '\0';
+                rc = scan(q, txn, dbi, k);
+            }
+        }
+    } else if (rc == 0) {
+        sink_init(k, q, false);
+        rc = scan(q, txn, dbi, k);
+    }
+    ldb_plan_free(&plan);
+    ldb_ixset_free(&set);
+    return rc;
+}
+
+static int run(ldb_store *s, const char *ns, MDB_dbi dbi, struct query *q, const bson_t *sort)
 {
     MDB_txn *txn;
-    struct held *held = NULL;
-    size_t n = 0;
-    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
+    struct sink k;
+    memset(&k, 0, sizeof k);
+    /* Index handles must be open before the snapshot begins to be usable in it. */
+    int rc = ldb_index_prepare(s, ns, q->err, q->err_len);
+    if (rc != 0)
+        return rc;
+    rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
     if (rc != 0)
         return ldb_mdb_err(rc, "read transaction", q->err, q->err_len);
-    rc = scan(q, txn, dbi, &held, &n);
+    rc = execute(s, ns, txn, dbi, q, sort, &k);
     /* Sorted results are copies; release the snapshot before calling back. */
     mdb_txn_abort(txn);
-    if (rc < 0 || !q->sort)
+    if (rc < 0 || k.stream) {
+        sink_free(&k);
         return rc < 0 ? rc : 0;
-    qsort_r(held, n, sizeof *held, held_cmp, q->sort);
+    }
+    if (k.n > 1)
+        qsort_r(k.held, k.n, sizeof *k.held, held_cmp, q->sort);
     size_t from = q->skip > 0 ? (size_t)q->skip : 0;
-    size_t to = n;
+    size_t to = k.n;
     if (q->limit > 0 && from + (size_t)q->limit < to)
         to = from + (size_t)q->limit;
     for (size_t i = from; i < to && rc == 0; i++)
-        rc = emit(q, held[i].doc);
-    held_free(held, 0, n);
-    free(held);
+        rc = emit(q, k.held[i].doc);
+    sink_free(&k);
     return rc < 0 ? rc : 0;
 }
 
@@ -198,7 +376,7 @@ int ldb_find(ldb_store *s, const char *ns, const bson_t *filter, const bson_t *p
     if (rc == 0) {
         rc = ldb_coll_dbi(s, ns, false, &dbi, err, err_len);
         if (rc == 0)
-            rc = run(s, dbi, &q);
+            rc = run(s, ns, dbi, &q, sort);
         else if (rc == -ENOENT)
             rc = 0; /* a collection that does not exist yet is empty */
     }

@@ -19,6 +19,7 @@
 /* LMDB database names; collections get a prefix so no namespace can collide with them. */
 #define CATALOG_DB "__catalog"
 #define OPLOG_DB "__oplog"
+#define INDEXES_DB "__indexes"
 #define COLL_PREFIX "c:"
 
 int ldb_mdb_err(int rc, const char *what, char *err, size_t err_len)
@@ -188,6 +189,8 @@ int ldb_store_open(const char *dir, const ldb_store_opts *o, ldb_store **out, ch
         rc = mdb_dbi_open(txn, CATALOG_DB, MDB_CREATE, &s->catalog);
     if (rc == 0)
         rc = mdb_dbi_open(txn, OPLOG_DB, MDB_CREATE, &s->oplog);
+    if (rc == 0)
+        rc = mdb_dbi_open(txn, INDEXES_DB, MDB_CREATE, &s->indexes);
     if (rc != 0) {
         rc = ldb_mdb_err(rc, "open catalog", err, err_len);
         goto fail;
@@ -219,6 +222,11 @@ void ldb_store_close(ldb_store *s)
         struct ldb_coll *c = s->colls;
         s->colls = c->next;
         free(c);
+    }
+    while (s->ixdbis) {
+        struct ldb_ixdbi *x = s->ixdbis;
+        s->ixdbis = x->next;
+        free(x);
     }
     /* Closing the environment closes every database handle with it. */
     if (s->env)

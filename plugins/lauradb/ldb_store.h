@@ -95,17 +95,21 @@ int ldb_delete(ldb_store *s, const char *ns, const bson_t *filter, bool multi,
 typedef struct {
     uint64_t examined; /* documents read from the collection */
     uint64_t returned; /* documents passed to the callback */
+    uint64_t keys_examined; /* index entries read (0 for a collection scan) */
+    char index[128];        /* name of the index used; "" for a collection scan */
 } ldb_find_stats;
 
 /* Called once per result; doc is valid only during the call. Non-zero stops the scan
  * (ldb_find then returns 0). */
 typedef int (*ldb_doc_fn)(const bson_t *doc, void *ctx);
 
-/* A collection scan: documents matching filter (NULL = all), ordered by sort (NULL =
- * _id order), skipping skip, at most limit (0 = no limit), shaped by projection (NULL =
- * whole). A sort without limit refuses more than LDB_SORT_MAX matches (-E2BIG); with a
- * limit it keeps only skip+limit documents in memory. A missing collection is empty.
- * stats may be NULL. */
+/* Documents matching filter (NULL = all), ordered by sort (NULL = _id order), skipping
+ * skip, at most limit (0 = no limit), shaped by projection (NULL = whole). The planner
+ * (ldb_plan.c) reads candidates through _id or a secondary index when the filter or the
+ * sort allows, else scans the collection; results are the same either way. A sort not
+ * served by an index refuses more than LDB_SORT_MAX matches without a limit (-E2BIG);
+ * with a limit it keeps only skip+limit documents in memory. A missing collection is
+ * empty. stats may be NULL. */
 int ldb_find(ldb_store *s, const char *ns, const bson_t *filter, const bson_t *projection,
              const bson_t *sort, int64_t skip, int64_t limit, ldb_doc_fn fn, void *ctx,
              ldb_find_stats *stats, char *err, size_t err_len);
@@ -113,6 +117,37 @@ int ldb_find(ldb_store *s, const char *ns, const bson_t *filter, const bson_t *p
 /* Lists the namespaces in the catalog, in byte order. */
 typedef int (*ldb_ns_fn)(const char *ns, void *ctx);
 int ldb_list_namespaces(ldb_store *s, ldb_ns_fn fn, void *ctx, char *err, size_t err_len);
+
+/* ---- secondary indexes (ldb_index.c)
+ *
+ * Indexes follow MongoDB: keys is a pattern such as {a: 1, "b.c": -1} (up to 32
+ * fields, 1 or -1), name NULL gives the default "a_1_b.c_-1". Array values index one
+ * entry per element (multikey); a missing field indexes as null; a document with
+ * arrays under two different indexed paths is refused ("cannot index parallel
+ * arrays"). Every write maintains every index in the same transaction, and a unique
+ * index refuses duplicates as LDB_E_DUPLICATE_KEY ("E11000 ... index: <name> ...").
+ * find() uses an index when the filter or the sort allows (see ldb_find_stats). */
+
+/* Builds the index over the existing documents (creating the collection if needed).
+ * An identical existing index makes this a no-op; the same name with other keys or
+ * options, or the same keys under another name, is -EEXIST. A unique build that meets
+ * a duplicate fails with -EEXIST and leaves no index. {_id: 1} "_id_" always exists. */
+int ldb_create_index(ldb_store *s, const char *ns, const bson_t *keys, const char *name,
+                     bool unique, char *err, size_t err_len);
+/* -ENOENT when ns or the index does not exist; the _id_ index cannot be dropped. */
+int ldb_drop_index(ldb_store *s, const char *ns, const char *name, char *err, size_t err_len);
+
+/* Called for "_id_" first, then each index in name order; non-zero stops. */
+typedef int (*ldb_index_fn)(const char *name, const bson_t *keys, bool unique, void *ctx);
+/* -ENOENT when the collection does not exist. */
+int ldb_list_indexes(ldb_store *s, const char *ns, ldb_index_fn fn, void *ctx, char *err,
+                     size_t err_len);
+
+/* Walks the collection and each of its indexes both ways (every document's keys are in
+ * the index; every index entry belongs to a document producing that key; the counts
+ * agree; multikey flags are set). 0 when consistent, -EUCLEAN with the first
+ * disagreement in err, or another negative errno. A missing collection is consistent. */
+int ldb_index_check(ldb_store *s, const char *ns, char *err, size_t err_len);
 
 /* ---- oplog (ldb_oplog.c) */
 
@@ -142,5 +177,12 @@ int ldb_oplog_read(ldb_store *s, int64_t from_op_id, size_t max, ldb_oplog_fn fn
                    char *err, size_t err_len);
 /* The highest op_id committed so far (0 for an empty oplog), through *out. */
 int ldb_oplog_last_id(ldb_store *s, int64_t *out, char *err, size_t err_len);
+
+/* ---- usage (ldb_store_stats.c): documents and bytes (LMDB pages) per collection through
+ * fn (may be NULL; non-zero stops) and in total; any out pointer may be NULL. */
+int ldb_store_usage(ldb_store *s,
+                    int (*fn)(const char *ns, uint64_t docs, uint64_t bytes, void *ctx),
+                    void *ctx, uint64_t *docs, uint64_t *bytes, uint64_t *collections,
+                    char *err, size_t err_len);
 
 #endif

@@ -21,13 +21,24 @@ struct ldb_coll {
 
 struct ldb_wop; /* a queued write, ldb_write.c */
 
+/* An index's LMDB handle, cached like collections' (ldb_index.c). Handles are never
+ * closed before the store is: a dropped index's database is emptied, not deleted, so a
+ * reader holding an older snapshot can still use it. */
+struct ldb_ixdbi {
+    char dbname[256];
+    MDB_dbi dbi;
+    struct ldb_ixdbi *next;
+};
+
 struct ldb_store {
     MDB_env *env;
     MDB_dbi catalog; /* ns -> {created: date} */
     MDB_dbi oplog;   /* big-endian op_id -> oplog entry document */
+    MDB_dbi indexes; /* ns NUL name -> index definition (ldb_index.c) */
 
     pthread_mutex_t dbi_mu; /* serialises mdb_dbi_open and guards colls */
     struct ldb_coll *colls;
+    struct ldb_ixdbi *ixdbis;
 
     /* The group-commit queue: writers append, one of them at a time (the leader) takes
      * a batch and commits it. */
@@ -64,5 +75,10 @@ int ldb_oplog_append(ldb_store *s, MDB_txn *txn, const char *ns, ldb_op_type t,
 int ldb_oplog_recover(ldb_store *s, MDB_txn *txn, char *err, size_t err_len);
 
 int64_t ldb_now_ms(void);
+
+/* Runs fn inside the group commit, in its own nested transaction like any write (a
+ * non-zero return rolls back what fn did). For catalog changes such as index builds. */
+typedef int (*ldb_txn_fn)(ldb_store *s, MDB_txn *txn, void *ctx, char *err, size_t err_len);
+int ldb_write_call(ldb_store *s, ldb_txn_fn fn, void *ctx, char *err, size_t err_len);
 
 #endif

@@ -8,8 +8,10 @@
  */
 #include "ldb_store_int.h"
 #include "ldb_compare.h"
+#include "ldb_index.h"
 #include "ldb_key.h"
 #include "ldb_match.h"
+#include "ldb_plan.h"
 #include "ldb_update.h"
 
 #include <errno.h>
@@ -17,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum wop_kind { WOP_INSERT, WOP_UPDATE, WOP_DELETE };
+enum wop_kind { WOP_INSERT, WOP_UPDATE, WOP_DELETE, WOP_CALL };
 
 struct ldb_wop {
     enum wop_kind kind;
@@ -32,6 +34,11 @@ struct ldb_wop {
     const bson_t *update;
     const ldb_matcher *m;
     bool multi, upsert;
+    /* call */
+    ldb_txn_fn fn;
+    void *fn_ctx;
+    /* the collection's indexes, loaded inside the operation's transaction */
+    ldb_ixset ix;
     /* outcome */
     ldb_write_result *r;
     int rc;
@@ -112,20 +119,48 @@ static int put_new(ldb_store *s, MDB_txn *txn, struct ldb_wop *op, const bson_t 
 {
     ldb_key k;
     bson_iter_t id;
+    struct ldb_ixkeys *keys = NULL;
     if (doc->len > LDB_DOC_MAX)
         return too_large(doc->len, err, err_len);
     int rc = doc_key(doc, &k, &id, err, err_len);
     if (rc != 0)
         return rc == -ENOENT ? -EINVAL : rc;
+    /* Index keys first: a document the indexes refuse (parallel arrays) changes nothing. */
+    if (op->ix.n) {
+        if (!(keys = calloc(op->ix.n, sizeof *keys))) {
+            snprintf(err, err_len, "out of memory");
+            return -ENOMEM;
+        }
+        rc = ldb_ix_doc_keys(&op->ix, doc, keys, err, err_len);
+        if (rc != 0) {
+            ldb_ixkeys_free(keys, op->ix.n);
+            return rc;
+        }
+    }
     MDB_val kv = {.mv_size = k.len, .mv_data = k.bytes};
     MDB_val vv = {.mv_size = doc->len, .mv_data = (void *)bson_get_data(doc)};
     rc = mdb_put(txn, op->dbi, &kv, &vv, MDB_NOOVERWRITE);
     if (rc == MDB_KEYEXIST) {
+        ldb_ixkeys_free(keys, op->ix.n);
         dup_message(op->ns, &id, err, err_len);
         return -EEXIST;
     }
-    if (rc != 0)
+    if (rc != 0) {
+        ldb_ixkeys_free(keys, op->ix.n);
         return ldb_mdb_err(rc, "insert", err, err_len);
+    }
+    if (keys) {
+        rc = ldb_ix_apply(s, txn, op->ns, &op->ix, &k, NULL, keys, doc, err, err_len);
+        ldb_ixkeys_free(keys, op->ix.n);
+        /* A unique index refused it: ldb_ix_apply wrote nothing, so removing the
+         * document undoes the insert and the batch carries on. */
+        if (rc == -EEXIST) {
+            int d = mdb_del(txn, op->dbi, &kv, NULL);
+            return d ? ldb_mdb_err(d, "undo insert", err, err_len) : rc;
+        }
+        if (rc != 0)
+            return rc;
+    }
     return ldb_oplog_append(s, txn, op->ns, LDB_OP_INSERT, doc, NULL, NULL, op_id, err, err_len);
 }
 
@@ -152,6 +187,83 @@ static int add_error(ldb_write_result *r, size_t index, int rc, const char msg[2
     memcpy(e->msg, msg, sizeof e->msg);
     e->msg[sizeof e->msg - 1] = '\0';
     return 0;
+}
+
+/* -------------------------------------------------------------- index upkeep */
+
+/* The index keys of a stored document, taken before anything is written: doc points
+ * into LMDB pages that later writes in this transaction may move. Also copies its _id
+ * key. *keys stays NULL when the collection has no index. */
+static int keys_before_write(struct ldb_wop *op, const MDB_val *k, const bson_t *doc,
+                             struct ldb_ixkeys **keys, ldb_key *id)
+{
+    *keys = NULL;
+    if (op->ix.n == 0)
+        return 0;
+    if (k->mv_size > LDB_KEY_MAX) {
+        snprintf(op->err, op->err_len, "corrupt key in %s", op->ns);
+        return -EIO;
+    }
+    memcpy(id->bytes, k->mv_data, k->mv_size);
+    id->len = k->mv_size;
+    if (!(*keys = calloc(op->ix.n, sizeof **keys))) {
+        snprintf(op->err, op->err_len, "out of memory");
+        return -ENOMEM;
+    }
+    int rc = ldb_ix_doc_keys(&op->ix, doc, *keys, op->err, op->err_len);
+    if (rc != 0) {
+        ldb_ixkeys_free(*keys, op->ix.n);
+        *keys = NULL;
+    }
+    return rc;
+}
+
+/* Which documents an update or delete visits: every one in _id order, or only the
+ * candidates the planner finds through _id or an index — also in _id order, so "the
+ * first match" is the same document either way. The candidates are gathered before
+ * the operation changes anything. */
+struct visit {
+    ldb_keylist ids;
+    bool all;
+    bool started;
+    size_t i;
+};
+
+static int visit_begin(MDB_txn *txn, struct ldb_wop *op, struct visit *vs)
+{
+    ldb_plan plan;
+    uint64_t keys = 0;
+    memset(vs, 0, sizeof *vs);
+    vs->all = true;
+    int rc = ldb_plan_choose(txn, op->dbi, &op->ix, op->m, NULL, &plan, op->err, op->err_len);
+    if (rc == 0 && plan.index != -1) {
+        rc = ldb_plan_collect(txn, &op->ix, &plan, &vs->ids, &keys, op->err, op->err_len);
+        vs->all = rc != 0;
+        if (rc == 1)
+            rc = 0; /* too many: visit everything */
+    }
+    ldb_plan_free(&plan);
+    return rc;
+}
+
+/* Positions c on the next document to visit; MDB_NOTFOUND at the end. After a
+ * mdb_cursor_del, LMDB's MDB_NEXT yields the record that followed the deleted one. */
+static int visit_next(struct visit *vs, MDB_cursor *c, MDB_val *k, MDB_val *v)
+{
+    if (vs->all) {
+        MDB_cursor_op step = vs->started ? MDB_NEXT : MDB_FIRST;
+        vs->started = true;
+        return mdb_cursor_get(c, k, v, step);
+    }
+    while (vs->i < vs->ids.n) {
+        size_t i = vs->i++;
+        k->mv_size = vs->ids.v[i].len;
+        k->mv_data = (void *)ldb_keylist_at(&vs->ids, i);
+        int rc = mdb_cursor_get(c, k, v, MDB_SET_KEY);
+        if (rc != MDB_NOTFOUND)
+            return rc;
+    }
+    return MDB_NOTFOUND;
 }
 
 /* -------------------------------------------------------------- the operations */
@@ -218,12 +330,17 @@ static int exec_update(ldb_store *s, MDB_txn *txn, struct ldb_wop *op)
 {
     MDB_cursor *c;
     MDB_val k, v;
-    int rc = mdb_cursor_open(txn, op->dbi, &c);
+    struct visit vs;
+    int rc = visit_begin(txn, op, &vs);
     if (rc != 0)
+        return rc;
+    rc = mdb_cursor_open(txn, op->dbi, &c);
+    if (rc != 0) {
+        ldb_keylist_free(&vs.ids);
         return ldb_mdb_err(rc, "cursor", op->err, op->err_len);
+    }
     int result = 0;
-    for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+    while ((rc = visit_next(&vs, c, &k, &v)) == 0) {
         bson_t doc, out, q;
         bool changed;
         bson_iter_t id;
@@ -239,16 +356,39 @@ static int exec_update(ldb_store *s, MDB_txn *txn, struct ldb_wop *op)
         if (result != 0)
             break;
         if (changed) {
+            struct ldb_ixkeys *old_keys = NULL, *new_keys = NULL;
+            ldb_key idk;
             if (out.len > LDB_DOC_MAX) {
                 result = too_large(out.len, op->err, op->err_len);
                 bson_destroy(&out);
                 break;
             }
-            /* ldb_update_apply refuses to change _id, so the key stays the same. */
+            result = keys_before_write(op, &k, &doc, &old_keys, &idk);
+            if (result == 0)
+                result = keys_before_write(op, &k, &out, &new_keys, &idk);
+            /* ldb_update_apply refuses to change _id, so the key stays the same. The key
+             * is passed from our own copy: k points into the page, which may already be
+             * dirty in this transaction, and a put that resizes the record rewrites
+             * that page under it. */
+            uint8_t kcopy[LDB_KEY_MAX];
             MDB_val nv = {.mv_size = out.len, .mv_data = (void *)bson_get_data(&out)};
-            rc = mdb_cursor_put(c, &k, &nv, MDB_CURRENT);
-            if (rc != 0) {
+            MDB_val kv = {.mv_size = k.mv_size, .mv_data = kcopy};
+            if (result == 0 && k.mv_size > sizeof kcopy) {
+                snprintf(op->err, op->err_len, "corrupt key in %s", op->ns);
+                result = -EIO;
+            }
+            if (result == 0)
+                memcpy(kcopy, k.mv_data, k.mv_size);
+            if (result == 0 && (rc = mdb_cursor_put(c, &kv, &nv, MDB_CURRENT)) != 0)
                 result = ldb_mdb_err(rc, "update", op->err, op->err_len);
+            /* Only entries that changed are touched; a duplicate on a unique index
+             * fails the whole operation, which rolls the document back too. */
+            if (result == 0 && new_keys)
+                result = ldb_ix_apply(s, txn, op->ns, &op->ix, &idk, old_keys, new_keys, &out,
+                                      op->err, op->err_len);
+            ldb_ixkeys_free(old_keys, op->ix.n);
+            ldb_ixkeys_free(new_keys, op->ix.n);
+            if (result != 0) {
                 bson_destroy(&out);
                 break;
             }
@@ -270,6 +410,7 @@ static int exec_update(ldb_store *s, MDB_txn *txn, struct ldb_wop *op)
     if (result == 0 && rc != 0 && rc != MDB_NOTFOUND)
         result = ldb_mdb_err(rc, "scan", op->err, op->err_len);
     mdb_cursor_close(c);
+    ldb_keylist_free(&vs.ids);
     if (result == 0 && op->r->matched == 0 && op->upsert)
         result = exec_upsert(s, txn, op);
     return result;
@@ -279,15 +420,19 @@ static int exec_delete(ldb_store *s, MDB_txn *txn, struct ldb_wop *op)
 {
     MDB_cursor *c;
     MDB_val k, v;
-    int rc = mdb_cursor_open(txn, op->dbi, &c);
+    struct visit vs;
+    int rc = visit_begin(txn, op, &vs);
     if (rc != 0)
+        return rc;
+    rc = mdb_cursor_open(txn, op->dbi, &c);
+    if (rc != 0) {
+        ldb_keylist_free(&vs.ids);
         return ldb_mdb_err(rc, "cursor", op->err, op->err_len);
+    }
     int result = 0;
-    MDB_cursor_op step = MDB_FIRST;
-    while ((rc = mdb_cursor_get(c, &k, &v, step)) == 0) {
+    while ((rc = visit_next(&vs, c, &k, &v)) == 0) {
         bson_t doc, q;
         bson_iter_t id;
-        step = MDB_NEXT;
         if (!bson_init_static(&doc, v.mv_data, v.mv_size)) {
             snprintf(op->err, op->err_len, "corrupt document in %s", op->ns);
             result = -EIO;
@@ -295,21 +440,27 @@ static int exec_delete(ldb_store *s, MDB_txn *txn, struct ldb_wop *op)
         }
         if (!ldb_match(op->m, &doc))
             continue;
+        struct ldb_ixkeys *old_keys;
+        ldb_key idk;
+        result = keys_before_write(op, &k, &doc, &old_keys, &idk);
+        if (result != 0)
+            break;
         /* Log before deleting: the value pointer is into pages the delete may free. */
         bson_iter_init_find(&id, &doc, "_id");
         id_doc(&id, &q);
         result = ldb_oplog_append(s, txn, op->ns, LDB_OP_DELETE, NULL, &q, NULL,
                                   &op->r->last_op_id, op->err, op->err_len);
         bson_destroy(&q);
-        if (result != 0)
-            break;
         /* The oplog put was on another database; the cursor still sits on this record.
          * After a delete LMDB's MDB_NEXT yields the record that followed it. */
-        rc = mdb_cursor_del(c, 0);
-        if (rc != 0) {
+        if (result == 0 && (rc = mdb_cursor_del(c, 0)) != 0)
             result = ldb_mdb_err(rc, "delete", op->err, op->err_len);
+        if (result == 0 && old_keys)
+            result = ldb_ix_apply(s, txn, op->ns, &op->ix, &idk, old_keys, NULL, NULL, op->err,
+                                  op->err_len);
+        ldb_ixkeys_free(old_keys, op->ix.n);
+        if (result != 0)
             break;
-        }
         op->r->deleted++;
         if (!op->multi)
             break;
@@ -317,17 +468,28 @@ static int exec_delete(ldb_store *s, MDB_txn *txn, struct ldb_wop *op)
     if (result == 0 && rc != 0 && rc != MDB_NOTFOUND)
         result = ldb_mdb_err(rc, "scan", op->err, op->err_len);
     mdb_cursor_close(c);
+    ldb_keylist_free(&vs.ids);
     return result;
 }
 
 static int exec_op(ldb_store *s, MDB_txn *txn, struct ldb_wop *op)
 {
+    int rc;
+    if (op->kind == WOP_CALL)
+        return op->fn(s, txn, op->fn_ctx, op->err, op->err_len);
+    /* Read in this transaction, so an index created by an earlier operation of the
+     * batch is maintained too. */
+    rc = ldb_ixset_load(s, txn, op->ns, &op->ix, op->err, op->err_len);
+    if (rc != 0)
+        return rc;
     switch (op->kind) {
-    case WOP_INSERT: return exec_insert(s, txn, op);
-    case WOP_UPDATE: return exec_update(s, txn, op);
-    case WOP_DELETE: return exec_delete(s, txn, op);
+    case WOP_INSERT: rc = exec_insert(s, txn, op); break;
+    case WOP_UPDATE: rc = exec_update(s, txn, op); break;
+    case WOP_DELETE: rc = exec_delete(s, txn, op); break;
+    default: rc = -EINVAL; break;
     }
-    return -EINVAL;
+    ldb_ixset_free(&op->ix);
+    return rc;
 }
 
 /* An operation whose changes were discarded reports nothing done. */
@@ -430,11 +592,23 @@ int ldb_insert(ldb_store *s, const char *ns, const bson_t *const *docs, size_t n
     struct ldb_wop op = {.kind = WOP_INSERT, .ns = ns, .docs = docs, .n = n,
                          .ordered = ordered, .r = r, .err = err, .err_len = err_len};
     int rc = ldb_coll_dbi(s, ns, true, &op.dbi, err, err_len);
+    if (rc == 0)
+        rc = ldb_index_prepare(s, ns, err, err_len);
     if (rc != 0)
         return rc;
     if (n == 0)
         return 0;
     return submit(s, &op);
+}
+
+int ldb_write_call(ldb_store *s, ldb_txn_fn fn, void *ctx, char *err, size_t err_len)
+{
+    ldb_write_result r = {0};
+    struct ldb_wop op = {.kind = WOP_CALL, .fn = fn, .fn_ctx = ctx, .r = &r, .err = err,
+                         .err_len = err_len};
+    int rc = submit(s, &op);
+    ldb_write_result_clear(&r);
+    return rc;
 }
 
 static int filtered(ldb_store *s, struct ldb_wop *op, bool create)
@@ -446,6 +620,8 @@ static int filtered(ldb_store *s, struct ldb_wop *op, bool create)
         return rc;
     op->m = m;
     rc = ldb_coll_dbi(s, op->ns, create, &op->dbi, op->err, op->err_len);
+    if (rc == 0)
+        rc = ldb_index_prepare(s, op->ns, op->err, op->err_len);
     if (rc == 0)
         rc = submit(s, op);
     else if (rc == -ENOENT && !create)

@@ -1,5 +1,6 @@
 # conftest.py — fixtures of the integration suite: Python stubs built from the spec and
-# from the repo's protos, and `start_host`, which runs the real marchproxy binary.
+# from the repo's protos, `start_host`, which runs the real marchproxy binary, and
+# `nginx_backends`, real nginx servers to proxy to (mp_nginx.py).
 # The machinery lives in mphelpers.py; this file only decides scopes and cleanup.
 #
 # Environment: MP_SRCDIR / MP_BUILDDIR (default: this checkout), MP_VALGRIND=1 to run the
@@ -9,6 +10,8 @@ import signal
 
 import pytest
 
+import mp_alb
+import mp_nginx
 import mphelpers
 
 
@@ -96,3 +99,46 @@ def _stop_at_teardown(h):
         return [f"host pid {h.pid} stopped with {mphelpers.describe_exit(code)} after "
                 f"SIGTERM; log tail:\n{h.log_tail()}"]
     return []
+
+
+@pytest.fixture
+def nginx_backends(tmp_path):
+    """Factory that starts real nginx backends on loopback for one test:
+    nginx_backends(name, **options) -> mp_nginx.Nginx (options: see mp_nginx.start_nginx).
+
+    At teardown each one still running is stopped (SIGTERM, exit 0 expected). One that
+    ended during the test without the test stopping it fails the test."""
+    started = []
+
+    def _start(name, **options):
+        n = mp_nginx.start_nginx(tmp_path, name, **options)
+        started.append(n)
+        return n
+
+    yield _start
+
+    problems = []
+    try:
+        for n in started:
+            if n.stopped:
+                continue
+            if not n.running:
+                problems.append(f"nginx {n.name} ended during the test "
+                                f"({mphelpers.describe_exit(n.proc.returncode)}); error log "
+                                f"tail:\n{n.error_log_text()[-1500:]}")
+                continue
+            code = n.stop()
+            if code != 0:
+                problems.append(f"nginx {n.name} stopped with "
+                                f"{mphelpers.describe_exit(code)}")
+    finally:
+        for n in started:
+            n.kill()
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def alb_so():
+    """Path of the alb.so this build produced."""
+    return mp_alb.alb_so_path()

@@ -455,6 +455,27 @@ class Host:
         """Puts a plugin into plugin_dir atomically (mode 0644), e.g. to replace it."""
         return install_plugin(self.plugin_dir, src, name)
 
+    def restart(self, sig=signal.SIGTERM, args=(), env=None):
+        """Stops the process (sig; SIGKILL simulates a crash) and starts a new one on the
+        same directory, config and port; waits until it is SERVING."""
+        if sig == signal.SIGKILL:
+            self.kill()
+        else:
+            self.stop(sig)
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(host_command(self.config_path, args),
+                                         stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, cwd=self.dir, env=full_env)
+        self.pid = self.proc.pid
+        self.exit_seen = False
+        self.channel = self.connect()
+        self.module = self.pb.module_pb2_grpc.ModuleServiceStub(self.channel)
+        self.nlb = self.pb.nlb_pb2_grpc.NLBServiceStub(self.channel)
+        self.health = self.pb.health_pb2_grpc.HealthStub(self.channel)
+        self.wait_serving()
+
 
 def install_plugin(plugin_dir, src, name=None):
     # Copy then rename, so the host never sees a half-written .so.

@@ -1,7 +1,8 @@
 # test_alb_basic.py — the ALB plugin (plugins/alb) as an HTTP/1.1 reverse proxy: routing
 # by host and path, round-robin, keep-alive, request bodies (Content-Length and chunked),
 # forwarding headers, local errors (404, 502, 400 for smuggling), HEAD, pipelining and a
-# large streamed response. Backends are Python http.server instances on loopback.
+# large streamed response. Backends are real nginx servers on loopback (mp_nginx.py, the
+# nginx_backends fixture); a Python one only for the WebSocket echo, which nginx cannot do.
 #
 # The plugin is compiled here from plugins/alb/*.c so the test does not depend on the
 # Makefile wiring; once alb.so is built by make, the test still builds its own copy.
@@ -9,7 +10,6 @@
 import hashlib
 import http.client
 import http.server
-import json
 import os
 import socket
 import subprocess
@@ -18,81 +18,37 @@ import time
 
 import pytest
 
-from mphelpers import BUILDDIR, free_port
+from mp_nginx import parse_kv
+from mp_alb import start_alb
+from mphelpers import free_port
 
 BIG = 10 * 1024 * 1024
-BIG_BLOCK = hashlib.sha256(b"alb-big").digest() * 2048  # 64 KiB, deterministic
-
-
-def big_body():
-    return (BIG_BLOCK * (BIG // len(BIG_BLOCK) + 1))[:BIG]
 
 
 @pytest.fixture(scope="session")
-def alb_plugin():
-    """The alb.so this build produced (same flags as what is installed, sanitizers too)."""
-    so = BUILDDIR / "plugins" / "alb" / ".libs" / "alb.so"
-    assert so.is_file(), f"{so} missing: build it with `make` first"
-    return so
+def alb_plugin(alb_so):
+    return alb_so
 
 
-class Backend(http.server.ThreadingHTTPServer):
+class WsEchoBackend(http.server.ThreadingHTTPServer):
+    """Answers a WebSocket upgrade with 101 and then echoes raw bytes: nginx has no way
+    to be that backend. Anything else gets 404."""
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, name):
-        super().__init__(("127.0.0.1", 0), BackendHandler)
-        self.name = name
-        self.seen = []  # (method, path) of every request that reached this backend
-        self.lock = threading.Lock()
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), WsEchoHandler)
 
     @property
     def port(self):
         return self.server_address[1]
 
 
-class BackendHandler(http.server.BaseHTTPRequestHandler):
+class WsEchoHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args):
         pass
-
-    def read_body(self):
-        te = self.headers.get("Transfer-Encoding", "")
-        if te.lower() == "chunked":
-            body = b""
-            while True:
-                line = self.rfile.readline()
-                size = int(line.split(b";")[0], 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return body
-                body += self.rfile.read(size)
-                self.rfile.readline()
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
-
-    def answer(self, head_only=False):
-        body = self.read_body()
-        with self.server.lock:
-            self.server.seen.append((self.command, self.path))
-        if self.path.endswith("/big"):
-            payload, ctype = big_body(), "application/octet-stream"
-        else:
-            payload = json.dumps({
-                "name": self.server.name, "method": self.command, "path": self.path,
-                "headers": {k.lower(): v for k, v in self.headers.items()},
-                "body_len": len(body), "body_sha256": hashlib.sha256(body).hexdigest(),
-            }).encode()
-            ctype = "application/json"
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("X-Backend", self.server.name)
-        self.end_headers()
-        if not head_only:
-            self.wfile.write(payload)
 
     def do_GET(self):
         if self.path.endswith("/ws") and self.headers.get("Upgrade", "").lower() == "websocket":
@@ -108,53 +64,34 @@ class BackendHandler(http.server.BaseHTTPRequestHandler):
                 self.connection.sendall(b)
             self.close_connection = True
             return
-        self.answer()
-
-    def do_POST(self):
-        self.answer()
-
-    def do_HEAD(self):
-        self.answer(head_only=True)
+        self.send_error(404)
 
 
 @pytest.fixture
-def backends():
-    servers = {}
-
-    def make(name):
-        srv = Backend(name)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers[name] = srv
-        return srv
-
-    yield make
-    for srv in servers.values():
-        srv.shutdown()
-        srv.server_close()
+def ws_backend():
+    srv = WsEchoBackend()
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
 
 
 def alb_host(start_host, plugin, upstreams, routes, timeouts=None):
-    port = free_port()
     settings = {"upstreams": {name: {"servers": [f"127.0.0.1:{p}" for p in ports],
                                      "balance": "round-robin"}
                               for name, ports in upstreams.items()},
                 "routes": routes}
     if timeouts:
         settings["timeouts"] = timeouts
-    h = start_host(plugins=[plugin],
-                   instances={"alb": {"plugin": "alb", "settings": settings}},
-                   host={"workers": 2, "drain_timeout_ms": 3000},
-                   extra={"listeners": [{"name": "http", "address": f"127.0.0.1:{port}",
-                                         "protocol": "tcp"}],
-                          "routes": [{"id": "all", "protocol": "tcp", "target": "alb"}]})
-    return h, port
+    return start_alb(start_host, plugin, settings)
 
 
 @pytest.fixture
-def proxy(start_host, alb_plugin, backends):
+def proxy(start_host, alb_plugin, nginx_backends):
     """api (one server) for a.example/api, web (two servers) for *.b.example and
-    rr.example, and nothing else (404)."""
-    api, web1, web2 = backends("api"), backends("web1"), backends("web2")
+    rr.example, and nothing else (404). The servers are nginx (mp_nginx.py)."""
+    api = nginx_backends("api", echo_headers=("X-Secret",), big_size=BIG)
+    web1, web2 = nginx_backends("web1"), nginx_backends("web2")
     h, port = alb_host(start_host, alb_plugin,
                        {"api": [api.port], "web": [web1.port, web2.port]},
                        [{"host": "a.example", "path_prefix": "/api", "upstream": "api"},
@@ -196,22 +133,23 @@ def test_routes_by_host_and_path_with_curl(proxy):
                         f"http://127.0.0.1:{port}/api/x?q=1"],
                        capture_output=True, text=True, timeout=20)
     assert r.returncode == 0, r.stderr
-    got = json.loads(r.stdout)
-    assert got["name"] == "api" and got["path"] == "/api/x?q=1"
+    got = parse_kv(r.stdout)
+    assert got["backend"] == "api" and got["uri"] == "/api/x?q=1"
     status, hdrs, body = request(port, "GET", "/foo", "x.b.example")
     assert status == 200
-    assert json.loads(body)["name"] in ("web1", "web2")
+    assert parse_kv(body)["backend"] in ("web1", "web2")
     assert hdrs["x-backend"] in ("web1", "web2")
     assert "marchproxy-alb" in hdrs.get("via", "")
     # a.example outside /api matches no route; a suffix match needs a label before it
     assert request(port, "GET", "/other", "a.example")[0] == 404
     assert request(port, "GET", "/", "b.example")[0] == 404
     assert request(port, "GET", "/", "nothing.example")[0] == 404
-    assert proxy["api"].seen == [("GET", "/api/x?q=1")]
+    assert [(r["method"], r["uri"]) for r in proxy["api"].requests(wait_for=1)] == \
+        [("GET", "/api/x?q=1")]
 
 
 def test_round_robin_across_two_servers(proxy):
-    names = [json.loads(request(proxy["port"], "GET", f"/n{i}", "rr.example")[2])["name"]
+    names = [parse_kv(request(proxy["port"], "GET", f"/n{i}", "rr.example")[2])["backend"]
              for i in range(10)]
     assert names.count("web1") == 5 and names.count("web2") == 5, names
 
@@ -223,40 +161,41 @@ def test_keep_alive_serves_several_requests_on_one_connection(proxy):
         conn.request("GET", f"/api/k{i}", headers={"Host": "a.example"})
         r = conn.getresponse()
         body = r.read()
-        assert r.status == 200 and json.loads(body)["path"] == f"/api/k{i}"
+        assert r.status == 200 and parse_kv(body)["uri"] == f"/api/k{i}"
         socks.add(id(conn.sock))
     conn.close()
     assert len(socks) == 1  # http.client reconnects if the proxy had closed it
-    assert [p for _, p in proxy["api"].seen] == [f"/api/k{i}" for i in range(6)]
+    assert [r["uri"] for r in proxy["api"].requests(wait_for=6)] == \
+        [f"/api/k{i}" for i in range(6)]
 
 
 def test_post_bodies_reach_the_backend_intact(proxy):
+    # nginx's /upload reads the body to the end and keeps it: compared byte for byte
     data = os.urandom(1_000_003)
-    status, _, body = request(proxy["port"], "POST", "/api/cl", "a.example", body=data)
-    got = json.loads(body)
-    assert status == 200 and got["body_len"] == len(data)
-    assert got["body_sha256"] == hashlib.sha256(data).hexdigest()
+    status, _, body = request(proxy["port"], "POST", "/api/cl/upload", "a.example", body=data)
+    assert status == 200 and parse_kv(body)["length"] == str(len(data))
+    assert proxy["api"].upload_bytes(body) == data
     # chunked from the client, with odd chunk sizes
     parts = [os.urandom(n) for n in (1, 17, 70_000, 5, 300_000)]
     conn = http.client.HTTPConnection("127.0.0.1", proxy["port"], timeout=10)
-    conn.request("POST", "/api/chunked", body=iter(parts), encode_chunked=True,
+    conn.request("POST", "/api/chunked/upload", body=iter(parts), encode_chunked=True,
                  headers={"Host": "a.example", "Transfer-Encoding": "chunked"})
     r = conn.getresponse()
-    got = json.loads(r.read())
+    body = r.read()
     conn.close()
     whole = b"".join(parts)
-    assert r.status == 200 and got["body_len"] == len(whole)
-    assert got["body_sha256"] == hashlib.sha256(whole).hexdigest()
+    assert r.status == 200 and parse_kv(body)["length"] == str(len(whole))
+    assert proxy["api"].upload_bytes(body) == whole
 
 
 def test_forwarding_headers_reach_the_backend(proxy):
-    _, _, body = request(proxy["port"], "GET", "/api/h", "a.example",
+    _, _, body = request(proxy["port"], "GET", "/api/h/echo-headers", "a.example",
                          headers={"Connection": "keep-alive, X-Secret", "X-Secret": "no"})
-    hdrs = json.loads(body)["headers"]
-    assert hdrs["x-forwarded-for"] == "127.0.0.1"
+    hdrs = parse_kv(body)
+    assert hdrs["x_forwarded_for"] == "127.0.0.1"
     assert "marchproxy-alb" in hdrs["via"]
-    assert hdrs["host"] == "a.example"
-    assert "x-secret" not in hdrs  # named in Connection: hop-by-hop
+    assert hdrs["http_host"] == "a.example"
+    assert hdrs["x-secret"] == ""  # named in Connection: hop-by-hop, so not forwarded
 
 
 def test_upstream_down_is_502(start_host, alb_plugin):
@@ -277,7 +216,7 @@ def test_smuggling_attempt_is_refused_before_the_backend(proxy):
     assert out.startswith(b"HTTP/1.1 400 "), out[:200]
     assert out.count(b"HTTP/1.1") == 1
     time.sleep(0.2)
-    assert proxy["api"].seen == []
+    assert proxy["api"].access_log_lines() == []
 
 
 def test_head_has_the_get_headers_and_no_body(proxy):
@@ -298,7 +237,7 @@ def test_head_has_the_get_headers_and_no_body(proxy):
     assert f"content-length: {BIG}".encode() in head.lower()
     # no body after the HEAD response: the next bytes are the pipelined GET's response
     assert rest.startswith(b"HTTP/1.1 200")
-    assert b'"/api/after"' in rest
+    assert b"uri=/api/after\n" in rest
 
 
 def test_pipelined_requests_answered_in_order(proxy):
@@ -306,7 +245,7 @@ def test_pipelined_requests_answered_in_order(proxy):
                     for i in range(4))
     reqs += b"GET /api/last HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n"
     out = raw_exchange(proxy["port"], reqs)
-    paths = [json.loads(part.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1")[0])["path"]
+    paths = [parse_kv(part.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1")[0])["uri"]
              for part in out.split(b"HTTP/1.1 200")[1:]] if out.count(b"HTTP/1.1 200") == 5 \
         else None
     assert paths == [f"/api/p{i}" for i in range(4)] + ["/api/last"], out[:500]
@@ -318,7 +257,7 @@ def test_large_response_streams_intact(proxy):
                        capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout) == BIG
-    assert hashlib.sha256(r.stdout).digest() == hashlib.sha256(big_body()).digest()
+    assert hashlib.sha256(r.stdout).hexdigest() == proxy["api"].big_sha256
 
 
 def test_timeouts_answer_408_and_504(start_host, alb_plugin):
@@ -340,8 +279,10 @@ def test_timeouts_answer_408_and_504(start_host, alb_plugin):
         silent.close()
 
 
-def test_websocket_upgrade_is_pumped(proxy):
-    s = socket.create_connection(("127.0.0.1", proxy["port"]), timeout=5)
+def test_websocket_upgrade_is_pumped(start_host, alb_plugin, ws_backend):
+    _, port = alb_host(start_host, alb_plugin, {"ws": [ws_backend.port]},
+                       [{"host": "a.example", "upstream": "ws"}])
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
     s.sendall(b"GET /api/ws HTTP/1.1\r\nHost: a.example\r\nUpgrade: websocket\r\n"
               b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")

@@ -18,6 +18,10 @@
  *   banner = true;          first send "mptest <version>\n" on each connection
  *   banner_worker = true;   ... as "mptest <version> w<worker index>\n"
  *
+ * Routes (ABI 1.2 routes_changed): the table is counted and its ids listed in the
+ * custom stats (routes_seen, route_ids); a route whose metadata has the key
+ * "mptest_refuse" makes the whole table refused with "route <id>: refused on request".
+ *
  * gRPC methods (raw bytes, no protobuf):
  *   /mptest.Echo/Echo      replies with the request bytes; counted in the stats
  *   /mptest.Echo/Version   "<version> <greeting>"
@@ -69,6 +73,8 @@ typedef struct mptest {
     _Atomic uint64_t echo_calls;
     _Atomic uint64_t connections;
     _Atomic uint64_t closed[MP_CLOSE_OVERFLOW + 1]; /* by mp_close_reason */
+    size_t routes_seen;    /* control thread only, like routes_changed */
+    char route_ids[256];
 } mptest;
 
 typedef struct job {
@@ -418,10 +424,36 @@ static void can_handle(void *state, const mp_route_view *route, mp_can_handle_re
              (long long)port, route->destination_port);
 }
 
+static int routes_changed(void *state, const mp_route_view *const *routes, size_t n,
+                          char *err, size_t err_len)
+{
+    mptest *t = state;
+    for (size_t i = 0; i < n; i++) {
+        const mp_route_view *r = routes[i];
+        if (!MP_HAS_MEMBER(mp_route_view, r->struct_size, metadata_values))
+            continue;
+        for (size_t k = 0; k < r->metadata_count; k++)
+            if (strcmp(r->metadata_names[k], "mptest_refuse") == 0) {
+                snprintf(err, err_len, "route %s: refused on request", r->route_id);
+                return -EINVAL;
+            }
+    }
+    t->routes_seen = n;
+    t->route_ids[0] = '\0';
+    size_t used = 0;
+    for (size_t i = 0; i < n && used < sizeof(t->route_ids); i++)
+        used += (size_t)snprintf(t->route_ids + used, sizeof(t->route_ids) - used, "%s%s",
+                                 i ? "," : "", routes[i]->route_id);
+    return 0;
+}
+
 static void custom_stats(void *state, const mp_stats_sink *sink)
 {
     mptest *t = state;
     char v[32];
+    snprintf(v, sizeof(v), "%zu", t->routes_seen);
+    sink->add(sink->ctx, "routes_seen", v);
+    sink->add(sink->ctx, "route_ids", t->route_ids);
     snprintf(v, sizeof(v), "%llu", (unsigned long long)atomic_load(&t->echo_calls));
     sink->add(sink->ctx, "echo_calls", v);
     snprintf(v, sizeof(v), "%llu", (unsigned long long)atomic_load(&t->connections));
@@ -452,6 +484,7 @@ static const mp_plugin_descriptor descriptor = {
     .can_handle = can_handle,
     .custom_stats = custom_stats,
     .on_connection = on_connection,
+    .routes_changed = routes_changed,
 };
 
 #ifndef MPTEST_NO_ENTRY

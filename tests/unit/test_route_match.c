@@ -199,9 +199,16 @@ MP_TEST(path_patterns)
     MP_CHECK_EQ_INT(validate(&t.r), 0);
     t.r.path_pattern = (char *)"/api/v1";
     MP_CHECK_EQ_INT(validate(&t.r), 0);
+    t.r.path_pattern = (char *)"=/login";
+    MP_CHECK_EQ_INT(validate(&t.r), 0);
+    t.r.path_pattern = (char *)"~\\.png$";
+    MP_CHECK_EQ_INT(validate(&t.r), 0);
+    t.r.path_pattern = (char *)"=login";
+    MP_CHECK_EQ_INT(validate(&t.r), -EINVAL);
     t.r.path_pattern = (char *)"api";
     MP_CHECK_EQ_INT(validate(&t.r), -EINVAL);
-    MP_CHECK_STR(err, "route 'x': path_pattern 'api' must start with '/'");
+    MP_CHECK_STR(err, "route 'x': path_pattern 'api' must start with '/' (a prefix), \"=/\" "
+                      "(exact) or '~' (a regular expression)");
 }
 
 MP_TEST(header_rules)
@@ -408,6 +415,25 @@ MP_TEST(match_hosts)
     MP_CHECK(mp_route_entry_matches(&t.r, &q));
 }
 
+/* "=/x" is exact; '~' patterns belong to L7 plugins and never match in the NLB. */
+MP_TEST(match_exact_and_regex_paths)
+{
+    struct troute t;
+    troute_init(&t, "e");
+    t.r.path_pattern = (char *)"=/login";
+    mp_route_request q = req(0, 0, NULL, "a.test", "/login");
+    MP_CHECK(mp_route_entry_matches(&t.r, &q));
+    q.path = "/login/x";
+    MP_CHECK(!mp_route_entry_matches(&t.r, &q));
+    t.r.path_pattern = (char *)"~^/login";
+    q.path = "/login";
+    MP_CHECK(!mp_route_entry_matches(&t.r, &q));
+    t.r.path_pattern = (char *)"";
+    t.r.destination_pattern = (char *)"~^a\\.test$";
+    MP_CHECK(!mp_route_entry_matches(&t.r, &q));
+    MP_CHECK_EQ_INT(validate(&t.r), 0);
+}
+
 MP_TEST(match_paths)
 {
     struct troute t;
@@ -520,5 +546,5 @@ MP_TEST_MAIN(MP_CASE(valid_minimal_and_full), MP_CASE(route_id_rules),
              MP_CASE(destination_patterns), MP_CASE(path_patterns), MP_CASE(header_rules),
              MP_CASE(validate_all_reports_every_problem), MP_CASE(match_protocol_and_port),
              MP_CASE(match_ipv4_cidr), MP_CASE(match_ipv6_cidr), MP_CASE(match_hosts),
-             MP_CASE(match_paths), MP_CASE(match_headers), MP_CASE(match_everything_together),
+             MP_CASE(match_paths), MP_CASE(match_exact_and_regex_paths), MP_CASE(match_headers), MP_CASE(match_everything_together),
              MP_CASE(describe_and_names))

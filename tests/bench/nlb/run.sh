@@ -64,38 +64,11 @@ PIDS=()
 MP_PID=
 HA_PID=
 
-# shellcheck disable=SC2317  # called through the trap
-cleanup() {
-    local pid _
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        # Up to 5 s each for a clean exit, then SIGKILL.
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [ "${BENCH_KEEP:-0}" = 1 ]; then
-        say "run.sh: files kept in $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-}
+# cleanup, start, wait_listening, free_ports, cpu_ticks, sys_busy_ticks
+. "$HERE/../lib.sh"
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# start NAME CMD...: runs CMD in the background with its output in $TMP/NAME.log.
-start() {
-    local name=$1
-    shift
-    "$@" >"$TMP/$name.log" 2>&1 &
-    PIDS+=($!)
-    LAST_PID=$!
-}
 
 # wait_for FILE REGEX: up to 10 s for a line in FILE; prints the line.
 wait_for() {
@@ -111,43 +84,9 @@ wait_for() {
     return 1
 }
 
-# wait_listening PORT NAME: up to 10 s for something to accept on 127.0.0.1:PORT.
-wait_listening() {
-    local _
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    say "run.sh: $2 not accepting on 127.0.0.1:$1 after 10 s:"
-    tail -n 20 "$TMP/$2.log" >&2 || true
-    exit 1
-}
 
-# Free loopback ports for the proxies' listeners, all held open together so they differ.
-free_ports() {
-    $PY - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
 
-# Process CPU time (user + system) in clock ticks, to report each proxy's CPU use.
-cpu_ticks() {
-    awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
-}
 
-# Busy clock ticks of the whole machine (all CPUs): with our own processes' share taken
-# out, what is left shows how much other work competed with the run.
-sys_busy_ticks() {
-    awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
-}
 
 mp_log_tail() {
     say "---- marchproxy log (last 40 lines of $TMP/marchproxy.log) ----"

@@ -1,0 +1,24 @@
+# mp_alb.py — starting the host with the ALB plugin for the ALB suites: the alb.so this
+# build produced (same flags as what is installed, sanitizers too) behind one listener
+# whose every connection the NLB hands to the instance "alb".
+
+from mphelpers import BUILDDIR, free_port
+
+
+def alb_so_path():
+    so = BUILDDIR / "plugins" / "alb" / ".libs" / "alb.so"
+    assert so.is_file(), f"{so} missing: build it with `make` first"
+    return so
+
+
+def start_alb(start_host, so, settings, *, workers=2, drain_timeout_ms=3000, plugin_name=None):
+    """Starts a host whose instance "alb" runs `settings`; returns (Host, listener port).
+    plugin_name installs the .so under that file name (to replace it later)."""
+    port = free_port()
+    h = start_host(plugins=[(so, plugin_name) if plugin_name else so],
+                   instances={"alb": {"plugin": "alb", "settings": settings}},
+                   host={"workers": workers, "drain_timeout_ms": drain_timeout_ms},
+                   extra={"listeners": [{"name": "http", "address": f"127.0.0.1:{port}",
+                                         "protocol": "tcp"}],
+                          "routes": [{"id": "all", "protocol": "tcp", "target": "alb"}]})
+    return h, port
