@@ -67,61 +67,13 @@ mp_conn *dp_conn_new(mp_worker *w, int fd)
     return c;
 }
 
-/* ------------------------------------------------------------------ timers */
-
-mp_timer *dp_timer_add(mp_worker *w, mp_conn *c, uint64_t ms, void (*fn)(void *), void *arg)
+/* Every timer of a connection that is closing or leaving this worker. */
+static void drop_timers(mp_conn *c)
 {
-    mp_timer *t = calloc(1, sizeof(*t));
-    if (!t)
-        return NULL;
-    t->w = w;
-    t->conn = c;
-    t->fn = fn;
-    t->arg = arg;
-    t->ts.tv_sec = (long long)(ms / 1000);
-    t->ts.tv_nsec = (long long)(ms % 1000) * 1000000;
-    if (c) {
-        t->next_in_conn = c->timers;
-        c->timers = t;
-    }
-    struct io_uring_sqe *sqe = dp_sqe(w);
-    io_uring_prep_timeout(sqe, &t->ts, 0, 0);
-    io_uring_sqe_set_data64(sqe, UD(t, UD_TIMER));
-    return t;
-}
-
-static void timer_unlink(mp_timer *t)
-{
-    if (!t->conn)
-        return;
-    for (mp_timer **pp = &t->conn->timers; *pp; pp = &(*pp)->next_in_conn)
-        if (*pp == t) {
-            *pp = t->next_in_conn;
-            break;
-        }
-    t->conn = NULL;
-}
-
-void dp_timer_cancel(mp_timer *t)
-{
-    if (!t || t->cancelled || t->fired)
-        return;
-    t->cancelled = true;
-    timer_unlink(t);
-    /* The timer's own completion (-ECANCELED, or -ETIME if it raced) frees it. */
-    struct io_uring_sqe *sqe = dp_sqe(t->w);
-    io_uring_prep_timeout_remove(sqe, UD(t, UD_TIMER), 0);
-    io_uring_sqe_set_data64(sqe, UD(t->w, UD_IGNORE));
-}
-
-void dp_timer_fired(mp_timer *t, int res)
-{
-    if (!t->cancelled && res == -ETIME) {
-        t->fired = true;
-        timer_unlink(t);
-        t->fn(t->arg);
-    }
-    free(t);
+    while (c->timers)
+        dp_timer_cancel(c->timers);
+    c->connect_timer = NULL; /* freed above: no later cancel may see them */
+    c->sniff_timer = NULL;
 }
 
 /* ------------------------------------------------------------------ receiving */
@@ -158,8 +110,7 @@ void dp_conn_detach(mp_conn *c)
     c->fd = -1; /* maybe_free must not close it: another worker owns it now */
     c->handler = NULL;
     c->state = CONN_CLOSED;
-    while (c->timers)
-        dp_timer_cancel(c->timers);
+    drop_timers(c);
     maybe_free(c);
 }
 
@@ -522,8 +473,7 @@ void dp_conn_close(mp_conn *c, mp_close_reason reason, int err, bool abort)
         c->close_err = err;
     }
     c->state = CONN_CLOSED;
-    while (c->timers)
-        dp_timer_cancel(c->timers);
+    drop_timers(c);
     /* Segments a send in flight may still read are released when it completes
      * (the shutdown below makes it fail promptly). */
     if (!c->send_inflight)
@@ -779,7 +729,17 @@ static mp_timer *api_timer_add(mp_conn *c, uint64_t ms, void (*fn)(void *), void
     return dp_timer_add(c->w, c, ms, fn, arg);
 }
 
-static void api_timer_cancel(mp_conn *c, mp_timer *t) { dp_timer_cancel(t); }
+/* A timer the connection no longer holds (it fired, or the connection closed and took
+ * its timers with it) is already gone: cancelling it then is a no-op, not a use of
+ * freed memory, so a plugin may cancel from its on_close. */
+static void api_timer_cancel(mp_conn *c, mp_timer *t)
+{
+    for (mp_timer *p = c ? c->timers : NULL; p; p = p->next_in_conn)
+        if (p == t) {
+            dp_timer_cancel(t);
+            return;
+        }
+}
 
 static const mp_conn_info *api_conn_info(const mp_conn *c) { return &c->info; }
 

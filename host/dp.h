@@ -211,8 +211,10 @@ struct mp_timer {
     mp_conn *conn;
     void (*fn)(void *arg);
     void *arg;
-    struct __kernel_timespec ts;
-    bool fired, cancelled;
+    uint64_t deadline_ns; /* CLOCK_MONOTONIC */
+    uint64_t seq;         /* order of adding: the tie-break, and a round's limit */
+    size_t heap_index;    /* place in the worker's heap (worker_timers.c) */
+    bool fired;           /* its callback is running */
     mp_timer *next_in_conn;
 };
 
@@ -265,6 +267,9 @@ struct mp_worker {
     bool accepting, quitting;
     uint64_t rr;           /* round-robin / weighted pick counter */
     mp_conn *rearm_head;   /* connections waiting for receive buffers (via rearm_next) */
+    mp_timer **theap;      /* pending timers, a min-heap by deadline (worker_timers.c) */
+    size_t theap_n, theap_cap;
+    uint64_t timer_seq;
     _Atomic uint64_t accepted, refused, opened, closed, drained_forced;
 };
 
@@ -299,9 +304,15 @@ void dp_conn_hold(mp_conn *c);
 void dp_conn_release(mp_conn *c);
 void dp_conn_fill_api(mp_host_api *api);
 int dp_conn_queue(mp_conn *c, dp_seg *seg);
+/* worker_timers.c */
 mp_timer *dp_timer_add(mp_worker *w, mp_conn *c, uint64_t ms, void (*fn)(void *), void *arg);
 void dp_timer_cancel(mp_timer *t);
-void dp_timer_fired(mp_timer *t, int res);
+/* How long until the earliest timer is due; false when none is pending. */
+bool dp_timers_next(mp_worker *w, struct __kernel_timespec *wait);
+/* Runs the callbacks of the timers that are due. */
+void dp_timers_run(mp_worker *w);
+/* Frees what is still pending (the worker is ending). */
+void dp_timers_free(mp_worker *w);
 
 /* dispatch.c */
 void dp_dispatch_accept(mp_worker *w, int listen_index, int fd);

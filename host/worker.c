@@ -234,9 +234,6 @@ static void handle_cqe(mp_worker *w, struct io_uring_cqe *cqe)
     case UD_CONNECT:
         dp_conn_on_connect(ptr, cqe);
         break;
-    case UD_TIMER:
-        dp_timer_fired(ptr, cqe->res);
-        break;
     case UD_EVENT:
         handle_messages(w);
         if (!w->quitting || w->live)
@@ -257,12 +254,15 @@ static void *worker_main(void *arg)
     for (;;) {
         if (w->quitting && !w->live)
             break;
-        int rc = io_uring_submit_and_wait(&w->ring, 1);
+        struct __kernel_timespec wait;
+        struct io_uring_cqe *cqe;
+        int rc = dp_timers_next(w, &wait)
+                     ? io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1, &wait, NULL)
+                     : io_uring_submit_and_wait(&w->ring, 1);
         if (rc < 0 && rc != -EINTR && rc != -ETIME && rc != -EBUSY) {
             mp_err("worker %d: io_uring_submit_and_wait: %s", w->index, strerror(-rc));
             break;
         }
-        struct io_uring_cqe *cqe;
         unsigned head, n = 0;
         io_uring_for_each_cqe(&w->ring, head, cqe)
         {
@@ -270,7 +270,9 @@ static void *worker_main(void *arg)
             n++;
         }
         io_uring_cq_advance(&w->ring, n);
+        dp_timers_run(w);
     }
+    dp_timers_free(w);
     current = NULL;
     return NULL;
 }

@@ -18,7 +18,10 @@
 #include "alb_internal.h"
 
 static const char *const top_keys[] = {"upstreams", "routes", "timeouts", "access_log", "tls",
-                                       NULL};
+                                       "limits", NULL};
+static const char *const limit_keys[] = {"max_request_line", "max_header_line",
+                                         "max_header_bytes", "max_headers", "max_body_bytes",
+                                         NULL};
 static const char *const upstream_keys[] = {"servers",   "balance",         "hash_key",
                                              "max_fails", "fail_timeout_ms", "retries",
                                              "health_check", "tls", NULL};
@@ -109,6 +112,43 @@ static int get_uint(const mp_host_api *api, const mp_config *node, const char *k
                               "alb: %s must be an integer %u..%u", key, lo, hi);
     *out = (uint32_t)v;
     return 0;
+}
+
+/* limits { }: what a client may send, nginx's and Envoy's defaults unless set. The
+ * line limits are capped by the parser's line buffer (ALB_HTTP_LINE_CAP). */
+static int parse_limits(const mp_host_api *api, const mp_config *l, alb_config *cfg, char *err,
+                        size_t err_len)
+{
+    alb_http_limits_default(&cfg->limits);
+    cfg->max_body_bytes = 0;
+    if (!l)
+        return 0;
+    if (api->cfg_kind(l) != MP_CFG_GROUP)
+        return api->cfg_error(l, err, err_len, "alb: limits must be a group");
+    int64_t body = 0;
+    int rc = api->cfg_check_keys(l, limit_keys, err, err_len);
+    if (rc == 0)
+        rc = get_uint(api, l, "max_request_line", cfg->limits.max_start_line, 64,
+                      ALB_HTTP_LINE_CAP, &cfg->limits.max_start_line, err, err_len);
+    if (rc == 0)
+        rc = get_uint(api, l, "max_header_line", cfg->limits.max_field_line, 64,
+                      ALB_HTTP_LINE_CAP, &cfg->limits.max_field_line, err, err_len);
+    if (rc == 0)
+        rc = get_uint(api, l, "max_header_bytes", cfg->limits.max_header_bytes, 256,
+                      1024 * 1024, &cfg->limits.max_header_bytes, err, err_len);
+    if (rc == 0)
+        rc = get_uint(api, l, "max_headers", cfg->limits.max_headers, 1, 1000,
+                      &cfg->limits.max_headers, err, err_len);
+    if (rc == 0) {
+        rc = api->cfg_get_int(l, "max_body_bytes", &body);
+        if (rc == -ENOENT)
+            rc = 0;
+        else if (rc < 0 || body < 0)
+            return api->cfg_error(api->cfg_lookup(l, "max_body_bytes"), err, err_len,
+                                  "alb: max_body_bytes must be an integer >= 0 (0: no limit)");
+        cfg->max_body_bytes = (uint64_t)body;
+    }
+    return rc;
 }
 
 /* One servers entry: "ip:port", or { address = "ip:port"; weight = N; backup = bool; }. */
@@ -653,6 +693,8 @@ int alb_config_parse(const mp_host_api *api, const mp_config *s, alb_config *out
         rc = get_timeout(api, t, "idle_ms", 60000, &cfg->idle_ms, err, err_len);
     if (rc == 0)
         rc = get_timeout(api, t, "response_ms", 30000, &cfg->response_ms, err, err_len);
+    if (rc == 0)
+        rc = parse_limits(api, api->cfg_lookup(s, "limits"), cfg, err, err_len);
     if (rc == 0)
         rc = parse_upstreams(api, s, api->cfg_lookup(s, "upstreams"), cfg, err, err_len);
     if (rc == 0)

@@ -17,6 +17,7 @@
 #include "marchproxy/plugin.h"
 #include "alb_access_log.h"
 #include "alb_health.h"
+#include "alb_http_parser.h"
 #include "alb_pool.h"
 #include "alb_ratelimit.h"
 #include "alb_routes.h"
@@ -60,6 +61,8 @@ typedef struct alb_config {
     alb_cfg_route *routes;
     int nroutes;
     uint32_t connect_ms, header_ms, idle_ms, response_ms;
+    struct alb_http_limits limits; /* request line, header and count limits (limits {}) */
+    uint64_t max_body_bytes;       /* 0: no limit; over it: 413 */
     char *access_log_path;   /* NULL: no access log */
     alb_log_format access_log_format;
     /* Server TLS (tls { certificates = ( ... ); }), or NULL: every connection is plain
@@ -91,6 +94,8 @@ typedef struct alb_state {
     alb_config cfg;
     _Atomic uint64_t connections, requests, local_errors, upstream_errors;
     _Atomic uint64_t not_found, rate_limited;
+    _Atomic uint64_t refused[ALB_HTTP_E__COUNT]; /* bad requests by parser error */
+    _Atomic uint64_t body_too_large;
     alb_health *health; /* active checker thread over cfg's pools, or NULL */
 
     /* The live route table and rate limits. The control thread swaps them under

@@ -262,6 +262,16 @@ static void custom_stats(void *state, const mp_stats_sink *sink)
     put_counter(sink, "upstream_errors", atomic_load(&st->upstream_errors));
     put_counter(sink, "not_found", atomic_load(&st->not_found));
     put_counter(sink, "rate_limited", atomic_load(&st->rate_limited));
+    put_counter(sink, "body_too_large", atomic_load(&st->body_too_large));
+    /* "refused.<reason>" for every kind of bad request seen at least once */
+    for (int e = 0; e < ALB_HTTP_E__COUNT; e++) {
+        uint64_t n = atomic_load(&st->refused[e]);
+        if (!n)
+            continue;
+        char name[80];
+        snprintf(name, sizeof(name), "refused.%s", alb_http_err_name((enum alb_http_err)e));
+        put_counter(sink, name, n);
+    }
     alb_route_stats_each(st->route_stats, put_route_stats, (void *)sink);
     /* One line per upstream member: "upstream.NAME.ADDR" = "STATE active=N picks=N
      * fails=N ejections=N". */

@@ -379,6 +379,7 @@ static const char *reason_of(int st)
     case 404: return "Not Found";
     case 408: return "Request Timeout";
     case 429: return "Too Many Requests";
+    case 413: return "Content Too Large";
     case 414: return "URI Too Long";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
@@ -652,6 +653,12 @@ static int rq_headers_complete(alb_http_parser *p)
         .content_length = m->content_length,
     };
     s->req_chunked = o.framing == ALB_FWD_BODY_CHUNKED;
+    if (s->st->cfg.max_body_bytes && o.framing == ALB_FWD_BODY_LENGTH &&
+        m->content_length > s->st->cfg.max_body_bytes) {
+        atomic_fetch_add(&s->st->body_too_large, 1);
+        s->local_status = 413;
+        return ALB_HTTP_CB_PAUSE;
+    }
     size_t cap = h->len + h->n * 4 + 2 * m->authority_len + 1024, olen = 0;
     char *out = malloc(cap);
     if (!out) {
@@ -684,6 +691,12 @@ static int rq_headers_complete(alb_http_parser *p)
 static int rq_body(alb_http_parser *p, const char *d, size_t n)
 {
     sess *s = p->user;
+    uint64_t max = s->st->cfg.max_body_bytes;
+    if (max && s->body_sent + n > max) { /* a chunked body that grew past the limit */
+        atomic_fetch_add(&s->st->body_too_large, 1);
+        s->local_status = 413;
+        return ALB_HTTP_CB_PAUSE;
+    }
     s->bytes_in += n;
     s->body_sent += n;
     if (s->req_chunked) {
@@ -745,7 +758,12 @@ static void feed_client(sess *s, const uint8_t *d, size_t n)
     if (!s->c || s->phase == P_DONE)
         return;
     if (s->local_status) {
-        send_local(s, s->local_status);
+        if (s->resp_started) { /* too late for an answer of our own: cut it short */
+            drop_u(s, 1);
+            s->api->conn_abort(s->c);
+        } else {
+            send_local(s, s->local_status);
+        }
         return;
     }
     switch (rc) {
@@ -768,6 +786,8 @@ static void feed_client(sess *s, const uint8_t *d, size_t n)
         enum alb_http_err e = alb_http_parser_error(&s->rq);
         s->api->log(s->st->inst, MP_LOG_DEBUG, "alb: bad request from %s: %s", s->client_ip,
                     alb_http_err_name(e));
+        if ((int)e >= 0 && e < ALB_HTTP_E__COUNT)
+            atomic_fetch_add_explicit(&s->st->refused[e], 1, memory_order_relaxed);
         if (s->resp_started) {
             drop_u(s, 1);
             s->api->conn_abort(s->c);
@@ -1519,7 +1539,7 @@ int alb_proxy_on_connection(alb_state *st, mp_conn *c, const mp_conn_info *info)
             inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)info->peer)->sin6_addr,
                       s->client_ip, sizeof(s->client_ip));
     }
-    alb_http_parser_init(&s->rq, ALB_HTTP_REQUEST, NULL, &rq_callbacks, s);
+    alb_http_parser_init(&s->rq, ALB_HTTP_REQUEST, &st->cfg.limits, &rq_callbacks, s);
     alb_http_parser_init(&s->rs, ALB_HTTP_RESPONSE, NULL, &rs_callbacks, s);
     if (st->cfg.tls_server) {
         if (proto == MP_PROTO_HTTPS) {

@@ -636,6 +636,17 @@ int ldb_update(ldb_store *s, const char *ns, const bson_t *filter, const bson_t 
     struct ldb_wop op = {.kind = WOP_UPDATE, .ns = ns, .filter = filter, .update = update,
                          .multi = multi, .upsert = upsert, .r = r, .err = err,
                          .err_len = err_len};
+    /* MongoDB refuses a malformed update (unknown operator, a non-number to $inc,
+     * operators mixed with fields, conflicting paths) before matching anything, so the
+     * same call cannot succeed or fail depending on what the collection holds: try it
+     * on an empty document first. Errors that depend on a document's values ($inc of a
+     * string field) can only show when that document is updated. */
+    bson_t empty = BSON_INITIALIZER, probe;
+    bool changed;
+    int rc = ldb_update_apply(&empty, update, NULL, &probe, &changed, err, err_len);
+    if (rc < 0)
+        return rc;
+    bson_destroy(&probe);
     /* Only an upsert can create the collection (MongoDB's implicit creation). */
     return filtered(s, &op, upsert);
 }

@@ -2,6 +2,8 @@
 # build produced (same flags as what is installed, sanitizers too) behind one listener
 # whose every connection the NLB hands to the instance "alb".
 
+import socket
+
 from mphelpers import BUILDDIR, free_port
 
 
@@ -22,3 +24,20 @@ def start_alb(start_host, so, settings, *, workers=2, drain_timeout_ms=3000, plu
                                          "protocol": "tcp"}],
                           "routes": [{"id": "all", "protocol": "tcp", "target": "alb"}]})
     return h, port
+
+
+def raw_exchange(port, data, timeout=5):
+    """Sends raw bytes on a new connection and returns everything read until the proxy
+    closes it (or a reset, or `timeout` of silence)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                b = s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not b:
+                break
+            out += b
+        return out

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from mp_nginx import parse_kv
-from mp_alb import start_alb
+from mp_alb import raw_exchange, start_alb
 from mphelpers import free_port
 
 BIG = 10 * 1024 * 1024
@@ -112,19 +112,6 @@ def request(port, method, path, host, body=None, headers=None, timeout=10):
         conn.close()
 
 
-def raw_exchange(port, data, timeout=5):
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        out = b""
-        while True:
-            try:
-                b = s.recv(65536)
-            except (ConnectionResetError, socket.timeout):
-                break
-            if not b:
-                break
-            out += b
-        return out
 
 
 def test_routes_by_host_and_path_with_curl(proxy):

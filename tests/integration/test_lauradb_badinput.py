@@ -182,8 +182,6 @@ def test_malformed_bson_inside_documents(ldb_start):
     assert len(docs_now(db)) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="LauraDB checks an update only against a matching "
-                   "document: with no match, a malformed update succeeds (MongoDB refuses it)")
 def test_malformed_update_is_refused_even_when_nothing_matches(ldb_start):
     db = ldb_start()
     assert db.insert(SEED).inserted_count == 2

@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <lmdb.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <time.h>
 #include <unistd.h>
@@ -1045,9 +1046,78 @@ MP_TEST(multi_update_resizes_records)
     rmdir_store(dir);
 }
 
+/* Writers keep inserting, updating and deleting while indexes are created and
+ * dropped: each write sees the index set of its own transaction, so nothing is missed. */
+struct writer {
+    ldb_store *s;
+    int id;
+    int failures;
+};
+
+static void *writer_run(void *arg)
+{
+    struct writer *w = arg;
+    char err[256];
+    for (int i = 0; i < 400; i++) {
+        bson_t *d = bson_new();
+        BSON_APPEND_INT32(d, "_id", w->id * 100000 + i);
+        BSON_APPEND_INT32(d, "k", i % 17);
+        BSON_APPEND_INT32(d, "w", w->id);
+        const bson_t *docs[1] = {d};
+        ldb_write_result r = {0};
+        w->failures += ldb_insert(w->s, "db.cc", docs, 1, true, &r, err, sizeof err) != 0;
+        ldb_write_result_clear(&r);
+        bson_destroy(d);
+        if (i % 10 == 9) {
+            bson_t *q = bson_new(), *u = ldb_t_json("{\"$inc\": {\"k\": 1}}");
+            BSON_APPEND_INT32(q, "w", w->id);
+            w->failures += ldb_update(w->s, "db.cc", q, u, true, false, &r, err, sizeof err) != 0;
+            ldb_write_result_clear(&r);
+            bson_destroy(u);
+            bson_reinit(q);
+            BSON_APPEND_INT32(q, "_id", w->id * 100000 + i - 5);
+            w->failures += ldb_delete(w->s, "db.cc", q, false, &r, err, sizeof err) != 0;
+            ldb_write_result_clear(&r);
+            bson_destroy(q);
+        }
+    }
+    return NULL;
+}
+
+MP_TEST(indexes_change_under_concurrent_writes)
+{
+    char dir[64];
+    tmpdir(dir, sizeof dir);
+    ldb_store *s = store_at(dir);
+    struct writer w[4];
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) {
+        w[i] = (struct writer){.s = s, .id = i + 1};
+        pthread_create(&t[i], NULL, writer_run, &w[i]);
+    }
+    for (int round = 0; round < 6; round++) {
+        MP_CHECK_EQ_INT(index_json(s, "db.cc", "{\"k\": 1, \"w\": -1}", NULL, false), 0);
+        MP_CHECK_EQ_INT(index_json(s, "db.cc", "{\"w\": 1}", NULL, false), 0);
+        MP_CHECK_EQ_INT(ldb_index_check(s, "db.cc", errbuf, sizeof errbuf), 0);
+        MP_CHECK_EQ_INT(ldb_drop_index(s, "db.cc", round % 2 ? "w_1" : "k_1_w_-1", errbuf, sizeof errbuf), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        MP_CHECK_EQ_INT(w[i].failures, 0);
+    }
+    MP_CHECK_EQ_INT(ldb_index_check(s, "db.cc", errbuf, sizeof errbuf), 0);
+    struct out o = {0};
+    ldb_find_stats st;
+    MP_CHECK_EQ_INT(find_json(s, "db.cc", "{\"w\": 3}", NULL, 0, 0, &o, &st), 0);
+    MP_CHECK_EQ_INT(st.returned, 400 - 40);
+    free(o.s);
+    ldb_store_close(s);
+    rmdir_store(dir);
+}
+
 MP_TEST_MAIN(MP_CASE(create_list_drop_reopen), MP_CASE(planner_uses_index),
              MP_CASE(null_missing_and_nested), MP_CASE(unique_violations),
              MP_CASE(parallel_arrays_refused), MP_CASE(long_keys),
              MP_CASE(check_detects_damage), MP_CASE(multi_update_resizes_records),
-             MP_CASE(differential_random_queries),
+             MP_CASE(indexes_change_under_concurrent_writes), MP_CASE(differential_random_queries),
              MP_CASE(point_lookup_100k))
