@@ -24,6 +24,7 @@ static const char *const limit_keys[] = {"max_request_line", "max_header_line",
                                          NULL};
 static const char *const upstream_keys[] = {"servers",   "balance",         "hash_key",
                                              "max_fails", "fail_timeout_ms", "retries",
+                                             "keepalive", "keepalive_timeout_ms",
                                              "health_check", "tls", NULL};
 static const char *const upstream_tls_keys[] = {"verify", "ca_file", "server_name", "cert",
                                                 "key", NULL};
@@ -258,6 +259,10 @@ static int parse_balancing(const mp_host_api *api, const mp_config *u, alb_upstr
     if ((rc = get_uint(api, u, "max_fails", 3, 0, 1000, &ps->max_fails, err, err_len)) < 0 ||
         (rc = get_uint(api, u, "fail_timeout_ms", 10000, 1, 3600000, &ps->fail_timeout_ms, err,
                        err_len)) < 0)
+        return rc;
+    if ((rc = get_uint(api, u, "keepalive", 32, 0, 10000, &up->keepalive, err, err_len)) < 0 ||
+        (rc = get_uint(api, u, "keepalive_timeout_ms", 60000, 1, 3600000,
+                       &up->keepalive_timeout_ms, err, err_len)) < 0)
         return rc;
     return get_uint(api, u, "retries", 1, 0, 10, &up->retries, err, err_len);
 }

@@ -26,7 +26,8 @@
 #define ALB_NAME_MAX 64
 #define ALB_HOST_MAX 256
 #define ALB_PREFIX_MAX 1024
-#define ALB_ROUTE_FIELD_MAX 2048 /* bytes in one pattern or value from the settings */
+#define ALB_ROUTE_FIELD_MAX 2048
+#define ALB_MAX_WORKERS 256 /* the host's worker limit */ /* bytes in one pattern or value from the settings */
 
 /* An upstream server is a pool member (alb_pool.h): configured address, weight and
  * backup flag plus its live state (health, ejection, active requests). */
@@ -37,6 +38,8 @@ typedef struct alb_upstream {
     /* The members and their live state, shared by all workers (atomics inside). */
     alb_pool pool;
     uint32_t retries; /* extra members an idempotent request may try after a failed connect */
+    uint32_t keepalive;            /* idle connections kept per worker (0: none) */
+    uint32_t keepalive_timeout_ms; /* how long one may stay idle */
     int has_hc;
     alb_hc_config hc; /* active checks, when has_hc */
     /* Upstream TLS (the group's tls { } settings), or NULL for plain TCP. Built when the
@@ -109,6 +112,9 @@ typedef struct alb_state {
     alb_route_spec *api_specs; /* ModuleService's routes as last accepted (control) */
     size_t n_api_specs;
     alb_route_stats_set *route_stats;
+    /* Idle upstream connections, one set per worker (alb_upool.c); each touched only
+     * by its worker. */
+    struct alb_upool *upools[ALB_MAX_WORKERS];
     alb_access_log *access_log;
 
     /* The server TLS context in force (NULL without tls settings). A watcher thread

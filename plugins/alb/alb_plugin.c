@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "alb_internal.h"
+#include "alb_upool.h"
 
 /* ------------------------------------------------------------ TLS context in force */
 
@@ -183,6 +184,7 @@ static void destroy(void *state)
     alb_state *st = state;
     alb_health_stop(st->health); /* joined before the pools it reads are freed */
     alb_access_log_close(st->access_log);
+    alb_upool_free_all(st->upools, ALB_MAX_WORKERS);
     alb_tables_destroy(st);
     tls_stop(st); /* every connection is gone: none holds the state's reference */
     alb_config_free(&st->cfg);
@@ -263,6 +265,10 @@ static void custom_stats(void *state, const mp_stats_sink *sink)
     put_counter(sink, "not_found", atomic_load(&st->not_found));
     put_counter(sink, "rate_limited", atomic_load(&st->rate_limited));
     put_counter(sink, "body_too_large", atomic_load(&st->body_too_large));
+    uint64_t idle, reused;
+    alb_upool_counts(st->upools, ALB_MAX_WORKERS, &idle, &reused);
+    put_counter(sink, "upstream_idle_connections", idle);
+    put_counter(sink, "upstream_connections_reused", reused);
     /* "refused.<reason>" for every kind of bad request seen at least once */
     for (int e = 0; e < ALB_HTTP_E__COUNT; e++) {
         uint64_t n = atomic_load(&st->refused[e]);

@@ -28,6 +28,7 @@
 #include "alb_http_headers.h"
 #include "alb_http_parser.h"
 #include "alb_internal.h"
+#include "alb_upool.h"
 
 #define VIA_NAME "marchproxy-alb"
 #define MAX_FIELDS 256 /* parser default caps at 100 header lines */
@@ -101,6 +102,8 @@ typedef struct sess {
     int c_tls_held;        /* ctls stopped decrypting (plaintext callback said 1) */
     int c_tcp_eof, c_ended; /* the client's TCP stream ended / its end was handled */
     int t_c_done, t_u_done; /* P_TUNNEL: the client's / upstream's direction ended */
+    int u_idle;            /* u finished a response cleanly and carries no request */
+    int worker;            /* the worker this connection lives on */
 } sess;
 
 static uint64_t now_us(void)
@@ -268,12 +271,24 @@ static void drop_u(sess *s, int close_it)
         return;
     member_end(s);
     cancel_u_timer(s);
+    /* A clean idle plain connection waits for the next request to its server from any
+     * client of this worker (upstream keepalive), unless the set for it is full. */
+    int parked = 0;
+    if (close_it && s->u_idle && !s->utls && !s->u_paused && s->u_upstream >= 0) {
+        const alb_upstream *up = &s->st->cfg.upstreams[s->u_upstream];
+        alb_upool *pool = alb_upool_of(s->api, s->st->upools, s->worker);
+        parked = up->keepalive &&
+                 alb_upool_put(pool, u, s->u_upstream, s->u_member, up->keepalive,
+                               up->keepalive_timeout_ms) == 0;
+    }
+    s->u_idle = 0;
     alb_tls_conn_free(s->utls); /* deferred by the engine when inside its callback */
     s->utls = NULL;
     s->u = NULL;
     s->u_paused = s->u_bp = 0;
-    s->api->conn_set_handler(u, &dead_handler, NULL);
-    if (close_it)
+    if (!parked)
+        s->api->conn_set_handler(u, &dead_handler, NULL);
+    if (close_it && !parked)
         s->api->conn_abort(u);
     if (s->c_bp) { /* the client was paused only for this upstream's sake */
         s->c_bp = 0;
@@ -509,6 +524,7 @@ static void up_start_response(sess *s)
 /* Counts the request on member `mi` of `up` from now on. */
 static void dispatch_to(sess *s, alb_upstream *up, int mi)
 {
+    s->u_idle = 0;
     s->req_up = up;
     s->req_member = mi;
     s->reported = 0;
@@ -544,8 +560,14 @@ static int connect_next(sess *s, int ui, int mi)
             return s->ntried ? 502 : 503;
         s->tried[s->ntried++] = mi;
         const alb_server *sv = &up->pool.m[mi];
-        mp_conn *u = NULL;
-        int rc = s->api->conn_connect(s->c, (const struct sockaddr *)&sv->addr, sv->addr_len,
+        mp_conn *u = up->tls ? NULL
+                             : alb_upool_take(alb_upool_of(s->api, s->st->upools, s->worker),
+                                              ui, mi);
+        int rc = 0;
+        if (u) /* an idle connection to that server from the worker's keepalive set */
+            s->api->conn_set_handler(u, &up_handler, s);
+        else
+            rc = s->api->conn_connect(s->c, (const struct sockaddr *)&sv->addr, sv->addr_len,
                                       s->st->cfg.connect_ms, &up_handler, s, &u);
         if (rc == 0) {
             s->u = u;
@@ -969,6 +991,8 @@ static void finish_exchange(sess *s, int upstream_reusable)
     }
     if (!upstream_reusable)
         drop_u(s, 1);
+    else
+        s->u_idle = 1; /* kept for this client, or parked for others when it leaves */
     if (s->client_close || !s->client_ka) {
         close_client(s);
         return;
@@ -1421,6 +1445,7 @@ static void u_eof(void *ctx, mp_conn *u)
 {
     sess *s = ctx;
     enter(s);
+    s->u_idle = 0; /* a connection the server ended is no one's to reuse */
     if (!s->utls) {
         u_end(s);
     } else {
@@ -1457,6 +1482,8 @@ static void u_drain(void *ctx, mp_conn *u)
 static void u_closed(void *ctx, mp_conn *u, mp_close_reason reason, int err)
 {
     sess *s = ctx;
+    if (u == s->u)
+        s->u_idle = 0;
     if (u != s->u) {
         /* after conn_pump both close through here; the client side owns the session */
         return;
@@ -1540,6 +1567,7 @@ int alb_proxy_on_connection(alb_state *st, mp_conn *c, const mp_conn_info *info)
                       s->client_ip, sizeof(s->client_ip));
     }
     alb_http_parser_init(&s->rq, ALB_HTTP_REQUEST, &st->cfg.limits, &rq_callbacks, s);
+    s->worker = info && info->worker >= 0 && info->worker < ALB_MAX_WORKERS ? info->worker : -1;
     alb_http_parser_init(&s->rs, ALB_HTTP_RESPONSE, NULL, &rs_callbacks, s);
     if (st->cfg.tls_server) {
         if (proto == MP_PROTO_HTTPS) {

@@ -1,8 +1,7 @@
 /*
  * alb_routes.c — see alb_routes.h. Compiling happens on the control thread (settings,
  * routes_changed); matching on workers, against a table nobody mutates. Regular
- * expressions are PCRE2, JIT-compiled when the platform allows; each worker thread
- * keeps one match-data block so matching allocates nothing.
+ * expressions are PCRE2, JIT-compiled when the platform allows.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "alb_routes.h"
@@ -442,13 +441,17 @@ size_t alb_route_table_size(const alb_route_table *t) { return t ? t->n : 0; }
 
 /* ------------------------------------------------------------------ match */
 
-static __thread pcre2_match_data *tls_md;
-
+/* Match data per call: a thread-local block would outlive the plugin on worker
+ * threads (it is unloaded on reload while they run on), and regex rules are the
+ * expensive kind anyway. */
 static bool re_match(const pcre2_code *re, const char *s, size_t n)
 {
-    if (!tls_md && !(tls_md = pcre2_match_data_create(8, NULL)))
+    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
+    if (!md)
         return false;
-    return pcre2_match(re, (PCRE2_SPTR)s, n, 0, 0, tls_md, NULL) >= 0;
+    bool hit = pcre2_match(re, (PCRE2_SPTR)s, n, 0, 0, md, NULL) >= 0;
+    pcre2_match_data_free(md);
+    return hit;
 }
 
 static bool host_ok(const alb_route_rule *r, const char *h, size_t n)

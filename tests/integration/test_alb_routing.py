@@ -239,3 +239,21 @@ def test_expect_100_continue_is_relayed(start_host, alb_so, nginx_backends):
     assert b"HTTP/1.1 100 Continue" in r.stderr
     assert elapsed < 4, f"the 100 Continue did not come through ({elapsed:.1f}s)"
     assert hashlib.sha256(a.upload_bytes(r.stdout)).digest() == hashlib.sha256(body).digest()
+
+
+def test_upstream_connections_are_reused_across_clients(start_host, alb_so, nginx_backends):
+    """Clients that each send one request and leave still share the upstream
+    connections: a finished one waits in the worker's keepalive set for the next client
+    (nginx's `keepalive` in an upstream block)."""
+    a = nginx_backends("a")
+    h, port = start_alb(start_host, alb_so, {"A": [a.port]}, routes=[{"id": "r", "upstream": "A"}])
+    for i in range(40):
+        status, _, _ = get(port, f"/n{i}", headers={"Connection": "close"})
+        assert status == 200
+    reqs = a.requests(wait_for=40)
+    conns = {r["connection"] for r in reqs}
+    # two workers each keep theirs; a handful at most, never one per client
+    assert len(conns) <= 4, f"{len(conns)} upstream connections for 40 clients"
+    st = custom(h)
+    assert int(st["upstream_connections_reused"]) >= 36
+    assert int(st["upstream_idle_connections"]) >= 1
