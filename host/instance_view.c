@@ -4,6 +4,8 @@
  */
 #include "instance_view.h"
 
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "pb_util.h"
@@ -85,6 +87,29 @@ static void add_point(mp_arena *a, Marchproxy__ModuleMetrics *mm, char *const *n
     mp_pb_append(a, &mm->metrics, &mm->n_metrics, p);
 }
 
+struct plugin_points {
+    mp_arena *a;
+    Marchproxy__ModuleMetrics *mm;
+    char *const *names;
+    size_t n_names;
+    const char *instance_id;
+    Google__Protobuf__Timestamp *ts;
+};
+
+/* A plugin counter whose whole value is a number becomes a data point of its name;
+ * text values (states, lists) stay in GetStats only. */
+static void plugin_point(void *ctx, const char *name, const char *value)
+{
+    struct plugin_points *pp = ctx;
+    if (!name || !value || !*value)
+        return;
+    char *end;
+    double v = strtod(value, &end);
+    if (*end || !isfinite(v))
+        return;
+    add_point(pp->a, pp->mm, pp->names, pp->n_names, name, v, pp->instance_id, pp->ts);
+}
+
 Marchproxy__ModuleMetrics *mp_view_module_metrics(mp_arena *a, struct mp_instance *inst,
                                                   char *const *names, size_t n_names)
 {
@@ -118,5 +143,12 @@ Marchproxy__ModuleMetrics *mp_view_module_metrics(mp_arena *a, struct mp_instanc
     };
     for (size_t i = 0; i < sizeof(points) / sizeof(points[0]); i++)
         add_point(a, mm, names, n_names, points[i].name, points[i].value, inst->id, ts);
+    /* and every numeric counter the plugin reports (its custom stats) */
+    const mp_generation *g = inst->active;
+    if (g && g->image && g->image->desc && g->image->desc->custom_stats) {
+        struct plugin_points pp = {a, mm, names, n_names, inst->id, ts};
+        mp_stats_sink sink = {.struct_size = sizeof(sink), .ctx = &pp, .add = plugin_point};
+        g->image->desc->custom_stats(g->state, &sink);
+    }
     return mm;
 }

@@ -191,6 +191,13 @@ def test_per_route_stats(two):
     assert int(st["route.ra.bytes_out"]) > 0
     assert 0 < int(st["route.ra.p50_us"]) <= int(st["route.ra.p99_us"])
     assert st["not_found"] == "0"
+    # the same counters as data points in GetMetrics
+    mt = h.module.GetMetrics(h.pb.module_pb2.GetMetricsRequest(
+        instance_id="alb", metric_names=["route.ra.requests", "route.rb.5xx",
+                                         "route.ra.p99_us"]), timeout=T).metrics
+    points = {p.name: p.value for p in mt.metrics}
+    assert points["route.ra.requests"] == 4 and points["route.rb.5xx"] == 1
+    assert points["route.ra.p99_us"] > 0
 
 
 @pytest.mark.parametrize("fmt", ["combined", "json"])
