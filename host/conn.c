@@ -285,7 +285,14 @@ int dp_conn_queue(mp_conn *c, dp_seg *s)
         dp_conn_close(c, MP_CLOSE_OVERFLOW, ENOBUFS, true);
         return -ENOBUFS;
     }
-    kick_send(c);
+    /* Not sent at once: what else this round queues (a response's head, then its
+     * body) joins it in one sendmsg when the worker flushes before it waits. */
+    if (!c->send_inflight && !c->on_flush_list) {
+        c->on_flush_list = true;
+        c->flush_next = c->w->flush_head;
+        c->w->flush_head = c;
+        dp_conn_hold(c); /* not freed while listed */
+    }
     if (c->out_bytes > DP_SEND_HWM) {
         c->backpressured = true;
         return 1;
@@ -312,6 +319,18 @@ static void kick_send(mp_conn *c)
     io_uring_sqe_set_data64(sqe, UD(c, UD_SEND));
     c->send_inflight = true;
     c->inflight++;
+}
+
+void dp_conn_flush_sends(mp_worker *w)
+{
+    while (w->flush_head) {
+        mp_conn *c = w->flush_head;
+        w->flush_head = c->flush_next;
+        c->flush_next = NULL;
+        c->on_flush_list = false;
+        kick_send(c);
+        dp_conn_release(c);
+    }
 }
 
 static void on_send(mp_conn *c, struct io_uring_cqe *cqe)
@@ -451,6 +470,8 @@ static void maybe_free(mp_conn *c)
     free(c->sniff_buf);
     unlink_live(c);
     atomic_fetch_add(&c->w->closed, 1);
+    if (c->outbound)
+        atomic_fetch_add(&c->w->out_closed, 1);
     free((conn_full *)c);
 }
 
@@ -577,6 +598,8 @@ static int api_conn_connect(mp_conn *from, const struct sockaddr *addr, uint32_t
         return -ENOMEM;
     }
     c->state = CONN_CONNECTING;
+    c->outbound = true;
+    atomic_fetch_add(&w->out_opened, 1);
     memcpy(&c->peer, addr, addr_len);
     c->info.peer_len = addr_len;
     if (h) {
@@ -587,6 +610,13 @@ static int api_conn_connect(mp_conn *from, const struct sockaddr *addr, uint32_t
     if (from) {
         c->inst = NULL; /* upstream connections are not counted as the instance's */
         snprintf(c->listener_name, sizeof(c->listener_name), "%s", from->listener_name);
+        /* It runs the same plugin code as `from` (its handler) and may outlive it (a
+         * keepalive pool), so it keeps that generation loaded too, and is closed with
+         * its other connections when that generation's drain time runs out. */
+        if (from->gen) {
+            mp_generation_ref(from->gen);
+            c->gen = from->gen;
+        }
     }
     struct io_uring_sqe *sqe = dp_sqe(w);
     io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&c->peer, addr_len);

@@ -175,9 +175,12 @@ struct mp_conn {
     dp_seg *stash_head, *stash_tail; /* input that arrived after a pause (provided buffers) */
     bool eof_pending;      /* EOF arrived behind stashed input: report it after that */
     bool adopted;          /* handed over by another worker: serve it here */
+    bool outbound;         /* opened by conn_connect, not accepted */
     mp_counter *ext_counter; /* forwarded to an external module: its gauge (ref held) */
     mp_conn *rearm_next;   /* in the worker's list of connections waiting for buffers */
     bool on_rearm_list;
+    mp_conn *flush_next;   /* in the worker's list of connections with output to send */
+    bool on_flush_list;
     dp_seg *out_head, *out_tail;
     size_t out_bytes;
 
@@ -267,10 +270,14 @@ struct mp_worker {
     bool accepting, quitting;
     uint64_t rr;           /* round-robin / weighted pick counter */
     mp_conn *rearm_head;   /* connections waiting for receive buffers (via rearm_next) */
+    mp_conn *flush_head;   /* connections whose queued output goes out before the next
+                            * wait (via flush_next), so one callback's pieces leave in
+                            * one send */
     mp_timer **theap;      /* pending timers, a min-heap by deadline (worker_timers.c) */
     size_t theap_n, theap_cap;
     uint64_t timer_seq;
     _Atomic uint64_t accepted, refused, opened, closed, drained_forced;
+    _Atomic uint64_t out_opened, out_closed; /* the outbound share of opened/closed */
 };
 
 /* worker.c */
@@ -296,6 +303,8 @@ void dp_conn_arm_recv_once(mp_conn *c);
 /* Forget the socket without shutting it down (it lives on in another worker). */
 void dp_conn_detach(mp_conn *c);
 void dp_conn_on_recv(mp_conn *c, struct io_uring_cqe *cqe);
+/* Starts the sends queued since the last round (worker loop, before it waits). */
+void dp_conn_flush_sends(mp_worker *w);
 void dp_conn_on_send(mp_conn *c, struct io_uring_cqe *cqe);
 void dp_conn_on_connect(mp_conn *c, struct io_uring_cqe *cqe);
 void dp_conn_close(mp_conn *c, mp_close_reason reason, int err, bool abort);

@@ -1,8 +1,9 @@
 /*
- * ldb_find.c — find() over the storage layer: a collection scan in an LMDB read
- * transaction (so it never waits for or blocks a writer), filtered by ldb_match, then
- * either streamed in _id order or collected, sorted with ldb_sort_cmp and cut to
- * skip/limit, and shaped by ldb_project on the way out.
+ * ldb_find.c — find() over the storage layer, in an LMDB read transaction (so it never
+ * waits for or blocks a writer): the plan (ldb_plan.c) gives a collection scan, _id or
+ * index candidates fetched in _id order, or an index read in the sort's order; every
+ * document is filtered by ldb_match, then either streamed or collected, sorted with
+ * ldb_sort_cmp and cut to skip/limit, and shaped by ldb_project on the way out.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* qsort_r */
@@ -240,7 +241,12 @@ static int index_stream(struct query *q, MDB_txn *txn, MDB_dbi dbi, const struct
             for (; rc == 0 && result == 0; rc = mdb_cursor_get(c, &key, &v, MDB_PREV_NODUP)) {
                 if (!ldb_range_above_lo(r, key.mv_data, key.mv_size))
                     break;
-                rc = mdb_cursor_get(c, &key, &v, MDB_FIRST_DUP);
+                /* Re-seek the key rather than MDB_FIRST_DUP: after MDB_LAST the cursor
+                 * is flagged at the end, and LMDB then refuses MDB_NEXT_DUP. */
+                uint8_t kb[LDB_KEY_MAX];
+                memcpy(kb, key.mv_data, key.mv_size);
+                key.mv_data = kb;
+                rc = mdb_cursor_get(c, &key, &v, MDB_SET_KEY);
                 for (; rc == 0 && result == 0; rc = mdb_cursor_get(c, &key, &v, MDB_NEXT_DUP)) {
                     bson_t doc;
                     q->stats->keys_examined++;

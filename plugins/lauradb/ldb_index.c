@@ -154,28 +154,28 @@ static int cat_put(ldb_store *s, MDB_txn *txn, const char *ns, const struct ldb_
 static bool dbi_cached(ldb_store *s, const char *dbname, MDB_dbi *out)
 {
     bool found = false;
-    pthread_mutex_lock(&s->dbi_mu);
+    pthread_mutex_lock(&s->ix_mu);
     for (struct ldb_ixdbi *x = s->ixdbis; x; x = x->next)
         if (strcmp(x->dbname, dbname) == 0) {
             *out = x->dbi;
             found = true;
             break;
         }
-    pthread_mutex_unlock(&s->dbi_mu);
+    pthread_mutex_unlock(&s->ix_mu);
     return found;
 }
 
 /* Opens dbname (creating it with create) in its own committed transaction and caches
- * the handle. Must not run while this thread holds a write transaction. */
+ * the handle. Must not run while this thread holds a write transaction. Holds dbi_mu
+ * (mdb_dbi_open must not run concurrently) but takes ix_mu only to publish. */
 static int dbi_open(ldb_store *s, const char *dbname, bool create, char *err, size_t err_len)
 {
     MDB_txn *txn;
     MDB_dbi dbi;
     int rc = 0;
     pthread_mutex_lock(&s->dbi_mu);
-    for (struct ldb_ixdbi *x = s->ixdbis; x; x = x->next)
-        if (strcmp(x->dbname, dbname) == 0)
-            goto out;
+    if (dbi_cached(s, dbname, &dbi))
+        goto out;
     struct ldb_ixdbi *nx = calloc(1, sizeof *nx);
     if (!nx) {
         snprintf(err, err_len, "out of memory");
@@ -197,8 +197,10 @@ static int dbi_open(ldb_store *s, const char *dbname, bool create, char *err, si
     }
     snprintf(nx->dbname, sizeof nx->dbname, "%s", dbname);
     nx->dbi = dbi;
+    pthread_mutex_lock(&s->ix_mu);
     nx->next = s->ixdbis;
     s->ixdbis = nx;
+    pthread_mutex_unlock(&s->ix_mu);
 out:
     pthread_mutex_unlock(&s->dbi_mu);
     return rc;
@@ -998,15 +1000,14 @@ int ldb_list_indexes(ldb_store *s, const char *ns, ldb_index_fn fn, void *ctx, c
 
 /* ---------------------------------------------------------------- consistency check */
 
-static int check_index(ldb_store *s, MDB_txn *txn, MDB_dbi coll, const char *ns,
-                       struct ldb_index *ix, char *err, size_t err_len)
+static int check_index(MDB_txn *txn, MDB_dbi coll, const char *ns, struct ldb_index *ix,
+                       char *err, size_t err_len)
 {
     MDB_cursor *c = NULL, *ic = NULL;
     MDB_val k, v;
     size_t expected = 0, actual = 0;
     bool any_multikey = false, any_truncated = false;
     int rc, result = 0;
-    (void)s;
     if (!ix->have_dbi) {
         snprintf(err, err_len, "index %s is not open", ix->name);
         return -EIO;
@@ -1113,7 +1114,7 @@ int ldb_index_check(ldb_store *s, const char *ns, char *err, size_t err_len)
         return ldb_mdb_err(rc, "read transaction", err, err_len);
     rc = ldb_ixset_load(s, txn, ns, &set, err, err_len);
     for (size_t i = 0; rc == 0 && i < set.n; i++)
-        rc = check_index(s, txn, coll, ns, &set.v[i], err, err_len);
+        rc = check_index(txn, coll, ns, &set.v[i], err, err_len);
     ldb_ixset_free(&set);
     mdb_txn_abort(txn);
     return rc;

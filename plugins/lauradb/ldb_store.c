@@ -161,6 +161,7 @@ int ldb_store_open(const char *dir, const ldb_store_opts *o, ldb_store **out, ch
         return -ENOMEM;
     }
     pthread_mutex_init(&s->dbi_mu, NULL);
+    pthread_mutex_init(&s->ix_mu, NULL);
     pthread_mutex_init(&s->q_mu, NULL);
     pthread_cond_init(&s->q_cv, NULL);
     s->max_batch = o->no_group_commit ? 1 : o->max_batch ? o->max_batch : DEFAULT_MAX_BATCH;
@@ -234,6 +235,7 @@ void ldb_store_close(ldb_store *s)
     pthread_cond_destroy(&s->q_cv);
     pthread_mutex_destroy(&s->q_mu);
     pthread_mutex_destroy(&s->dbi_mu);
+    pthread_mutex_destroy(&s->ix_mu);
     free(s);
 }
 

@@ -1,7 +1,8 @@
 /*
  * ldb_store_int.h — what the storage layer's files (ldb_store.c, ldb_write.c,
- * ldb_find.c, ldb_oplog.c) share and nothing above them sees: the store structure,
- * namespace/collection-handle lookup, the oplog append, and LMDB error mapping.
+ * ldb_find.c, ldb_oplog.c, ldb_index.c, ldb_plan.c) share and nothing above them sees:
+ * the store structure, namespace/collection-handle lookup, the oplog append, running a
+ * function inside the group commit, and LMDB error mapping.
  */
 #ifndef LDB_STORE_INT_H
 #define LDB_STORE_INT_H
@@ -38,6 +39,10 @@ struct ldb_store {
 
     pthread_mutex_t dbi_mu; /* serialises mdb_dbi_open and guards colls */
     struct ldb_coll *colls;
+    /* Index handles. Opening one is serialised by dbi_mu like any mdb_dbi_open; the
+     * list has its own lock because the group-commit leader reads it inside its write
+     * transaction, while dbi_mu may be held by a thread waiting for that transaction. */
+    pthread_mutex_t ix_mu;
     struct ldb_ixdbi *ixdbis;
 
     /* The group-commit queue: writers append, one of them at a time (the leader) takes

@@ -5,6 +5,8 @@
  * max_batch), runs each in a nested LMDB transaction under one top-level transaction,
  * commits once (one fsync for the batch) and wakes the waiters. A failing operation's
  * nested transaction is aborted, undoing only that operation and its oplog entries.
+ * Each operation also moves the collection's index entries (ldb_index.c) in that same
+ * nested transaction, and updates/deletes visit only the planner's candidates.
  */
 #include "ldb_store_int.h"
 #include "ldb_compare.h"

@@ -367,9 +367,10 @@ static void sqle_thread_close(void *th)
 
 /* Same settings on every connection: WAL, a durable commit, 10 s of waiting for the
  * write lock, and a page cache and mmap window so that reads are not disk-bound (LMDB
- * reads straight from its map). */
+ * reads straight from its map). The busy timeout comes first: connections opened at
+ * the same moment otherwise fail "database is locked" on the journal_mode pragma. */
 static const char *const SQLE_PRAGMAS =
-    "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; "
+    "PRAGMA busy_timeout=10000; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
     "PRAGMA cache_size=-65536; PRAGMA mmap_size=1073741824;";
 
 static void *sqle_thread_open(bench_engine *e, char *err)
