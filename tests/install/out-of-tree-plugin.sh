@@ -25,6 +25,13 @@ fi
 plugindir=$(PKG_CONFIG_SYSROOT_DIR="$root" PKG_CONFIG_PATH=$(dirname "$pc") \
     pkg-config --variable=plugindir marchproxy-plugin)
 case "$plugindir" in */lib*/marchproxy/plugins) ;; *) echo "FAIL: plugindir=$plugindir"; exit 1;; esac
+# The bundled plugins are there as .so files, and nothing but .so files.
+for so in alb.so lauradb.so; do
+    [ -f "$plugindir/$so" ] || { echo "FAIL: $plugindir/$so not installed"; exit 1; }
+done
+if ls "$plugindir" | grep -v '\.so$' | grep -q .; then
+    echo "FAIL: $plugindir holds more than plugins: $(ls "$plugindir" | tr '\n' ' ')"; exit 1
+fi
 
 mkdir -p "$tmp/src" "$tmp/plugins" "$tmp/state"
 chmod 755 "$tmp/plugins"
