@@ -88,6 +88,8 @@ def test_reload_under_load_fails_no_request(start_host, alb_so, nginx_backends, 
     ok = sum(c.ok for c in clients)
     failed = sum(c.failed for c in clients)
     errors = [e for c in clients for e in c.errors][:5]
+    print(f"reload under load: {ok} requests answered, {failed} failed, "
+          f"{sum(c.resent for c in clients)} sent again on a closed idle connection")
     assert len(versions) == 4, versions  # every reload made a new generation
     assert failed == 0, f"{failed} failed of {ok + failed}: {errors}"
     assert ok > 200, f"only {ok} requests went through"
