@@ -2,6 +2,7 @@
 # build produced (same flags as what is installed, sanitizers too) behind one listener
 # whose every connection the NLB hands to the instance "alb".
 
+import http.client
 import socket
 
 from mphelpers import BUILDDIR, free_port
@@ -41,3 +42,32 @@ def raw_exchange(port, data, timeout=5):
                 break
             out += b
         return out
+
+
+def request(port, method, path, host, body=None, headers=None, timeout=10):
+    """One request on its own connection: (status, {lowercased header: value}, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        hdrs = {"Host": host}
+        hdrs.update(headers or {})
+        conn.request(method, path, body=body, headers=hdrs)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def websocket_upgrade(sock, path, host):
+    """Sends a WebSocket upgrade request on sock and returns the response head, which
+    must be a 101 that says websocket (asserted)."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        b = sock.recv(1)
+        assert b, head
+        head += b
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert b"upgrade: websocket" in head.lower()
+    return head

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from mp_nginx import parse_kv
-from mp_alb import raw_exchange, start_alb
+from mp_alb import raw_exchange, request, start_alb, websocket_upgrade
 from mphelpers import free_port
 
 BIG = 10 * 1024 * 1024
@@ -100,16 +100,6 @@ def proxy(start_host, alb_plugin, nginx_backends):
     return {"host": h, "port": port, "api": api, "web1": web1, "web2": web2}
 
 
-def request(port, method, path, host, body=None, headers=None, timeout=10):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        hdrs = {"Host": host}
-        hdrs.update(headers or {})
-        conn.request(method, path, body=body, headers=hdrs)
-        r = conn.getresponse()
-        return r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read()
-    finally:
-        conn.close()
 
 
 
@@ -270,16 +260,7 @@ def test_websocket_upgrade_is_pumped(start_host, alb_plugin, ws_backend):
     _, port = alb_host(start_host, alb_plugin, {"ws": [ws_backend.port]},
                        [{"host": "a.example", "upstream": "ws"}])
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(b"GET /api/ws HTTP/1.1\r\nHost: a.example\r\nUpgrade: websocket\r\n"
-              b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-    head = b""
-    while b"\r\n\r\n" not in head:
-        b = s.recv(1)
-        assert b, head
-        head += b
-    assert head.startswith(b"HTTP/1.1 101 "), head
-    assert b"upgrade: websocket" in head.lower()
+    websocket_upgrade(s, "/api/ws", "a.example")
     payload = os.urandom(200_000)
     s.sendall(payload)
     got = b""

@@ -5,7 +5,6 @@
 # GetStats, and the access log writes combined and JSON lines. Backends are real nginx.
 
 import json
-import http.client
 import time
 
 import pytest
@@ -26,15 +25,7 @@ def start_alb(start_host, alb_so, upstreams, routes=(), access_log=None):
 
 
 def get(port, path, host="x.test", method="GET", headers=None, body=None):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=T)
-    try:
-        hdrs = {"Host": host}
-        hdrs.update(headers or {})
-        c.request(method, path, body=body, headers=hdrs)
-        r = c.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        c.close()
+    return mp_alb.request(port, method, path, host, body=body, headers=headers, timeout=T)
 
 
 def backend_of(resp):

@@ -19,7 +19,8 @@ import pytest
 
 from mp_nginx import parse_kv
 from mphelpers import BUILDDIR, free_port, host_binary
-from test_alb_basic import request, ws_backend  # noqa: F401 (ws_backend is a fixture)
+from mp_alb import request, websocket_upgrade
+from test_alb_basic import ws_backend  # noqa: F401 (a fixture)
 
 T = 10
 BIG = 5 * 1024 * 1024
@@ -265,16 +266,7 @@ def test_websocket_echo_over_tls(start_host, alb_so, pki, ws_backend):
                             [{"upstream": "ws"}], pki)
     _, port = start_alb(start_host, alb_so, settings)
     with tls_connect(port, "a.test", pki.ca) as s:
-        s.sendall(b"GET /chat/ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\n"
-                  b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
-        head = b""
-        while b"\r\n\r\n" not in head:
-            b = s.recv(1)
-            assert b, head
-            head += b
-        assert head.startswith(b"HTTP/1.1 101 "), head
-        assert b"upgrade: websocket" in head.lower()
+        websocket_upgrade(s, "/chat/ws", "a.test")
         payload = os.urandom(300_000)
         got = b""
         # write in pieces while reading, so neither side's buffers decide the outcome
