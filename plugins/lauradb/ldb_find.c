@@ -10,17 +10,31 @@
 #endif
 #include "ldb_store_int.h"
 #include "ldb_compare.h"
+#include "ldb_index.h"
 #include "ldb_match.h"
 #include "ldb_plan.h"
 #include "ldb_project.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* Filters that are only numeric bounds on an index's first field, for index reads:
+ * a key whose number lies strictly between the bounds proves the document matches
+ * (doubles round monotonically, so strictly inside as a double is strictly inside as
+ * the exact value), and the filter is not evaluated again for it. */
+#define INNER_MAX 4
+struct inner {
+    int n; /* 0: always evaluate the filter */
+    uint8_t enc[INNER_MAX][LDB_KEY_NUM_PREFIX]; /* the bounds' key bytes (rank + double) */
+    bool lower[INNER_MAX];                       /* $gt/$gte, else $lt/$lte */
+};
+
 struct query {
     ldb_matcher *m;
+    struct inner inner;
     ldb_projection *p;
     ldb_sort *sort;
     int64_t skip, limit;
@@ -101,10 +115,60 @@ static void sink_free(struct sink *k)
     k->n = 0;
 }
 
-/* One candidate document, in scan order. Returns 0 to go on, 1 to stop, <0 error. */
-static int consume(struct query *q, struct sink *k, const bson_t *doc)
+/* Sets q->inner up for reading ix when the filter allows (see struct inner): only
+ * bounds on ix's first, ascending field, at least one on each side, all of them
+ * numbers a double holds exactly, on an index without arrays or hashed keys. */
+static void inner_setup(struct query *q, const struct ldb_index *ix)
 {
-    if (!ldb_match(q->m, doc))
+    const ldb_constraint *cons;
+    size_t n = ldb_match_constraints(q->m, &cons);
+    bool lo = false, hi = false;
+    q->inner.n = 0;
+    if (ix->multikey || ix->truncated || ix->dirs[0] != 1 || n == 0 || n > INNER_MAX ||
+        !ldb_match_only_ranges_on(q->m, ix->paths[0]))
+        return;
+    for (size_t i = 0; i < n; i++) {
+        const bson_value_t *v = cons[i].value;
+        bool lower = cons[i].op == LDB_C_GT || cons[i].op == LDB_C_GTE;
+        bool upper = cons[i].op == LDB_C_LT || cons[i].op == LDB_C_LTE;
+        if ((!lower && !upper) || !ldb_is_number(v->value_type) ||
+            v->value_type == BSON_TYPE_DECIMAL128 || !ldb_key_index_exact(v) ||
+            (v->value_type == BSON_TYPE_DOUBLE && isnan(v->value.v_double)))
+            return;
+        ldb_kbuf b = {0};
+        if (ldb_key_append_index(&b, v, false) != 0 || b.len < LDB_KEY_NUM_PREFIX) {
+            ldb_kbuf_free(&b);
+            return;
+        }
+        memcpy(q->inner.enc[i], b.data, LDB_KEY_NUM_PREFIX);
+        ldb_kbuf_free(&b);
+        q->inner.lower[i] = lower;
+        lo |= lower;
+        hi |= upper;
+    }
+    /* Both sides: a one-sided test would let keys of other types through. */
+    if (lo && hi)
+        q->inner.n = (int)n;
+}
+
+/* Whether the index key alone proves the document matches (struct inner). */
+static bool inner_has(const struct inner *in, const uint8_t *key, size_t len)
+{
+    if (in->n == 0 || len < LDB_KEY_NUM_PREFIX)
+        return false;
+    for (int i = 0; i < in->n; i++) {
+        int c = memcmp(key, in->enc[i], LDB_KEY_NUM_PREFIX);
+        if (in->lower[i] ? c <= 0 : c >= 0)
+            return false;
+    }
+    return true;
+}
+
+/* One candidate document, in scan order; `matched` when it is known to match. Returns
+ * 0 to go on, 1 to stop, <0 error. */
+static int consume_known(struct query *q, struct sink *k, const bson_t *doc, bool matched)
+{
+    if (!matched && !ldb_match(q->m, doc))
         return 0;
     if (k->stream) {
         if (k->skipped < q->skip) {
@@ -144,6 +208,11 @@ static int consume(struct query *q, struct sink *k, const bson_t *doc)
         k->n = k->keep;
     }
     return 0;
+}
+
+static int consume(struct query *q, struct sink *k, const bson_t *doc)
+{
+    return consume_known(q, k, doc, false);
 }
 
 static int doc_of(struct query *q, const MDB_val *v, bson_t *doc)
@@ -215,9 +284,10 @@ static int index_stream(struct query *q, MDB_txn *txn, MDB_dbi dbi, const struct
                 if (!ldb_range_below_hi(r, key.mv_data, key.mv_size))
                     break;
                 q->stats->keys_examined++;
+                bool known = inner_has(&q->inner, key.mv_data, key.mv_size);
                 result = fetch(q, txn, dbi, &v, &doc);
                 if (result == 0)
-                    result = consume(q, k, &doc);
+                    result = consume_known(q, k, &doc, known);
             }
         } else {
             /* Start after every key that has hi as a prefix: at hi's successor. */
@@ -289,26 +359,25 @@ static int fetch_all(struct query *q, MDB_txn *txn, MDB_dbi dbi, const ldb_keyli
     return result < 0 ? result : 0;
 }
 
-/* Plans and runs the query in txn; results that were not streamed stay in k. */
-static int execute(ldb_store *s, const char *ns, MDB_txn *txn, MDB_dbi dbi, struct query *q,
+/* Plans and runs the query in the snapshot; results that were not streamed stay in k. */
+static int execute(MDB_txn *txn, MDB_dbi dbi, const ldb_ixset *set, struct query *q,
                    const bson_t *sort, struct sink *k)
 {
-    ldb_ixset set;
     ldb_plan plan;
-    int rc = ldb_ixset_load(s, txn, ns, &set, q->err, q->err_len);
-    if (rc != 0)
-        return rc;
-    rc = ldb_plan_choose(txn, dbi, &set, q->m, q->sort ? sort : NULL, &plan, q->err,
-                         q->err_len);
+    int rc = ldb_plan_choose(txn, dbi, set, q->m, q->sort ? sort : NULL, &plan, q->err,
+                             q->err_len);
     if (rc == 0 && plan.index != -1) {
-        const char *name = plan.index == LDB_PLAN_ID ? "_id_" : set.v[plan.index].name;
-        snprintf(q->stats->index, sizeof q->stats->index, "%s", name);
+        const char *name = plan.index == LDB_PLAN_ID ? "_id_" : set->v[plan.index].name;
+        size_t nl = strnlen(name, sizeof q->stats->index - 1);
+        memcpy(q->stats->index, name, nl);
+        q->stats->index[nl] = '\0';
         sink_init(k, q, plan.serves_sort);
         if (plan.serves_sort) {
-            rc = index_stream(q, txn, dbi, &set.v[plan.index], &plan, k);
+            inner_setup(q, &set->v[plan.index]);
+            rc = index_stream(q, txn, dbi, &set->v[plan.index], &plan, k);
         } else {
             ldb_keylist ids = {0};
-            rc = ldb_plan_collect(txn, &set, &plan, &ids, &q->stats->keys_examined, q->err,
+            rc = ldb_plan_collect(txn, set, &plan, &ids, &q->stats->keys_examined, q->err,
                                   q->err_len);
             if (rc == 0)
                 rc = fetch_all(q, txn, dbi, &ids, plan.index == LDB_PLAN_ID, k);
@@ -324,25 +393,21 @@ static int execute(ldb_store *s, const char *ns, MDB_txn *txn, MDB_dbi dbi, stru
         rc = scan(q, txn, dbi, k);
     }
     ldb_plan_free(&plan);
-    ldb_ixset_free(&set);
     return rc;
 }
 
-static int run(ldb_store *s, const char *ns, MDB_dbi dbi, struct query *q, const bson_t *sort)
+static int run(ldb_store *s, struct ldb_coll *c, struct query *q, const bson_t *sort)
 {
-    MDB_txn *txn;
+    ldb_snap snap;
     struct sink k;
     memset(&k, 0, sizeof k);
-    /* Index handles must be open before the snapshot begins to be usable in it. */
-    int rc = ldb_index_prepare(s, ns, q->err, q->err_len);
+    /* Index handles are opened before the snapshot begins, to be usable in it. */
+    int rc = ldb_snap_begin(s, c, &snap, q->err, q->err_len);
     if (rc != 0)
         return rc;
-    rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
-    if (rc != 0)
-        return ldb_mdb_err(rc, "read transaction", q->err, q->err_len);
-    rc = execute(s, ns, txn, dbi, q, sort, &k);
+    rc = execute(snap.txn, c->dbi, &snap.ix->set, q, sort, &k);
     /* Sorted results are copies; release the snapshot before calling back. */
-    mdb_txn_abort(txn);
+    ldb_snap_end(s, &snap);
     if (rc < 0 || k.stream) {
         sink_free(&k);
         return rc < 0 ? rc : 0;
@@ -367,7 +432,7 @@ int ldb_find(ldb_store *s, const char *ns, const bson_t *filter, const bson_t *p
     bson_t empty = BSON_INITIALIZER;
     struct query q = {.skip = skip, .limit = limit, .fn = fn, .ctx = ctx,
                       .stats = stats ? stats : &local, .err = err, .err_len = err_len};
-    MDB_dbi dbi;
+    struct ldb_coll *c;
     int rc;
     memset(q.stats, 0, sizeof *q.stats);
     if (skip < 0 || limit < 0) {
@@ -380,9 +445,9 @@ int ldb_find(ldb_store *s, const char *ns, const bson_t *filter, const bson_t *p
     if (rc == 0 && sort && !bson_empty(sort))
         rc = ldb_sort_compile(sort, &q.sort, err, err_len);
     if (rc == 0) {
-        rc = ldb_coll_dbi(s, ns, false, &dbi, err, err_len);
+        rc = ldb_coll_get(s, ns, false, &c, err, err_len);
         if (rc == 0)
-            rc = run(s, ns, dbi, &q, sort);
+            rc = run(s, c, &q, sort);
         else if (rc == -ENOENT)
             rc = 0; /* a collection that does not exist yet is empty */
     }

@@ -5,6 +5,9 @@
  * two-way consistency check between a collection and its indexes. See ldb_index.h for
  * the layout; the planner lives in ldb_plan.c.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* qsort_r */
+#endif
 #include "ldb_index.h"
 #include "ldb_compare.h"
 
@@ -21,8 +24,12 @@
 
 static void index_clear(struct ldb_index *ix)
 {
-    for (int i = 0; i < ix->nfields; i++)
+    for (int i = 0; i < ix->nfields; i++) {
         free(ix->paths[i]);
+        for (int j = 0; ix->parts[i] && j < ix->nparts[i]; j++)
+            free(ix->parts[i][j]);
+        free(ix->parts[i]);
+    }
     if (ix->keys)
         bson_destroy(ix->keys);
     memset(ix, 0, sizeof *ix);
@@ -42,6 +49,28 @@ static bool valid_path(const char *p)
     if (!*p || *p == '$' || p[strlen(p) - 1] == '.')
         return false;
     return *p != '.' && !strstr(p, "..");
+}
+
+/* path's dot-separated components into *out (*n of them, each owned; *out may be
+ * partly filled on -ENOMEM), split once per index rather than per document. */
+static int split_path(const char *path, char ***out, int *n)
+{
+    int cnt = 1;
+    for (const char *p = path; *p; p++)
+        cnt += *p == '.';
+    *n = 0;
+    if (!(*out = calloc((size_t)cnt, sizeof **out)))
+        return -ENOMEM;
+    const char *s = path;
+    for (int i = 0; i < cnt; i++) {
+        const char *d = strchr(s, '.');
+        size_t len = d ? (size_t)(d - s) : strlen(s);
+        if (!((*out)[i] = strndup(s, len)))
+            return -ENOMEM;
+        *n = i + 1;
+        s = d ? d + 1 : s + len;
+    }
+    return 0;
 }
 
 /* Fills ix's fields from a key pattern; -EINVAL with MongoDB-like messages. */
@@ -78,11 +107,17 @@ static int parse_keys(struct ldb_index *ix, const bson_t *keys, char *err, size_
                 snprintf(err, err_len, "Index key pattern repeats field '%s'", path);
                 return -EINVAL;
             }
-        if (!(ix->paths[ix->nfields] = strdup(path))) {
+        int f = ix->nfields;
+        if (!(ix->paths[f] = strdup(path))) {
             snprintf(err, err_len, "out of memory");
             return -ENOMEM;
         }
-        ix->dirs[ix->nfields++] = d > 0 ? 1 : -1;
+        ix->dirs[f] = d > 0 ? 1 : -1;
+        ix->nfields++;
+        if (split_path(path, &ix->parts[f], &ix->nparts[f]) != 0) {
+            snprintf(err, err_len, "out of memory");
+            return -ENOMEM;
+        }
     }
     if (ix->nfields == 0) {
         snprintf(err, err_len, "Index key pattern must not be empty");
@@ -146,6 +181,7 @@ static int cat_put(ldb_store *s, MDB_txn *txn, const char *ns, const struct ldb_
     BSON_APPEND_BOOL(&d, "truncated", ix->truncated);
     MDB_val k = cat_key(ns, ix->name, kb);
     MDB_val v = {.mv_size = d.len, .mv_data = (void *)bson_get_data(&d)};
+    ldb_ix_catalog_writing(s);
     int rc = mdb_put(txn, s->indexes, &k, &v, 0);
     bson_destroy(&d);
     return rc ? ldb_mdb_err(rc, "index catalog", err, err_len) : 0;
@@ -278,21 +314,133 @@ int ldb_ixset_load(ldb_store *s, MDB_txn *txn, const char *ns, ldb_ixset *out, c
     return result;
 }
 
+void ldb_ixshared_release(struct ldb_ixshared *sh)
+{
+    if (sh && atomic_fetch_sub(&sh->refs, 1) == 1) {
+        ldb_ixset_free(&sh->set);
+        free(sh);
+    }
+}
+
+/* The cached set when it is of generation gen, with a reference for the caller. */
+static struct ldb_ixshared *cache_take(struct ldb_coll *c, uint64_t gen)
+{
+    struct ldb_ixshared *sh = NULL;
+    pthread_mutex_lock(&c->ix_mu);
+    if (c->ix && c->ix->gen == gen) {
+        sh = c->ix;
+        atomic_fetch_add(&sh->refs, 1);
+    }
+    pthread_mutex_unlock(&c->ix_mu);
+    return sh;
+}
+
+static void cache_put(struct ldb_coll *c, struct ldb_ixshared *sh)
+{
+    atomic_fetch_add(&sh->refs, 1);
+    pthread_mutex_lock(&c->ix_mu);
+    struct ldb_ixshared *old = c->ix;
+    c->ix = sh;
+    pthread_mutex_unlock(&c->ix_mu);
+    ldb_ixshared_release(old);
+}
+
+/* Opens the handles set lacks. The caller's transaction must be reset meanwhile and
+ * renewed afterwards to see them. */
+static int open_missing(ldb_store *s, const ldb_ixset *set, char *err, size_t err_len)
+{
+    int rc = 0;
+    for (size_t i = 0; i < set->n && rc == 0; i++)
+        if (!set->v[i].have_dbi)
+            rc = dbi_open(s, set->v[i].dbname, false, err, err_len);
+    return rc;
+}
+
+int ldb_snap_begin(ldb_store *s, struct ldb_coll *c, ldb_snap *out, char *err, size_t err_len)
+{
+    out->txn = NULL;
+    out->ix = NULL;
+    /* A round that opens a handle makes the next one find them all; more rounds happen
+     * only while indexes are created concurrently, and the last uses the set as it is
+     * (the planner skips an index without a handle, as it always has). */
+    for (int round = 0; round < 4; round++) {
+        /* The snapshot is taken between two reads of the catalog generation: equal and
+         * even, no catalog commit was in flight, so the cached set of that generation
+         * is the snapshot's. */
+        uint64_t g1 = atomic_load(&s->ix_gen);
+        struct ldb_ixshared *sh = (g1 & 1) ? NULL : cache_take(c, g1);
+        int rc;
+        if (!out->txn) {
+            rc = ldb_rtxn_get(s, &out->txn, err, err_len);
+            if (rc != 0)
+                out->txn = NULL;
+        } else if ((rc = mdb_txn_renew(out->txn)) != 0) {
+            rc = ldb_mdb_err(rc, "read transaction", err, err_len);
+        }
+        if (rc != 0) {
+            ldb_ixshared_release(sh);
+            ldb_snap_end(s, out);
+            return rc;
+        }
+        uint64_t g2 = atomic_load(&s->ix_gen);
+        bool stable = g1 == g2 && !(g1 & 1);
+        if (sh && stable) {
+            out->ix = sh;
+            return 0;
+        }
+        ldb_ixshared_release(sh);
+        if (!(sh = calloc(1, sizeof *sh))) {
+            ldb_snap_end(s, out);
+            snprintf(err, err_len, "out of memory");
+            return -ENOMEM;
+        }
+        atomic_init(&sh->refs, 1);
+        sh->gen = g1;
+        rc = ldb_ixset_load(s, out->txn, c->ns, &sh->set, err, err_len);
+        bool missing = false;
+        for (size_t i = 0; rc == 0 && i < sh->set.n; i++)
+            missing |= !sh->set.v[i].have_dbi;
+        if (rc == 0 && missing && round < 3) {
+            mdb_txn_reset(out->txn); /* renewed by the next round */
+            rc = open_missing(s, &sh->set, err, err_len);
+            ldb_ixshared_release(sh);
+            if (rc == 0)
+                continue;
+            ldb_snap_end(s, out);
+            return rc;
+        }
+        if (rc != 0) {
+            ldb_ixshared_release(sh);
+            ldb_snap_end(s, out);
+            return rc;
+        }
+        if (stable && !missing)
+            cache_put(c, sh);
+        out->ix = sh;
+        return 0;
+    }
+    return 0; /* not reached: the last round returns */
+}
+
+void ldb_snap_end(ldb_store *s, ldb_snap *snap)
+{
+    if (snap->txn)
+        ldb_rtxn_put(s, snap->txn);
+    ldb_ixshared_release(snap->ix);
+    snap->txn = NULL;
+    snap->ix = NULL;
+}
+
 int ldb_index_prepare(ldb_store *s, const char *ns, char *err, size_t err_len)
 {
-    MDB_txn *txn;
-    ldb_ixset set;
-    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn);
-    if (rc != 0)
-        return ldb_mdb_err(rc, "read transaction", err, err_len);
-    rc = ldb_ixset_load(s, txn, ns, &set, err, err_len);
-    mdb_txn_abort(txn);
+    struct ldb_coll *c;
+    ldb_snap snap;
+    int rc = ldb_coll_get(s, ns, false, &c, err, err_len);
     if (rc != 0)
         return rc;
-    for (size_t i = 0; i < set.n && rc == 0; i++)
-        if (!set.v[i].have_dbi)
-            rc = dbi_open(s, set.v[i].dbname, false, err, err_len);
-    ldb_ixset_free(&set);
+    rc = ldb_snap_begin(s, c, &snap, err, err_len);
+    if (rc == 0)
+        ldb_snap_end(s, &snap);
     return rc;
 }
 
@@ -303,9 +451,10 @@ int ldb_index_prepare(ldb_store *s, const char *ns, char *err, size_t err_len)
  * array itself), a missing field contributes null. */
 struct fvals {
     const char *path;
-    char **parts;
+    char *const *parts; /* the index's */
     int nparts;
-    bson_value_t *v;
+    bson_value_t *v; /* inl until more are needed */
+    bson_value_t inl[2];
     size_t n, cap;
     int array_at; /* components before the first array met; -1 when none */
     bool oom;
@@ -314,12 +463,15 @@ struct fvals {
 static void fv_add(struct fvals *f, const bson_value_t *v)
 {
     if (f->n == f->cap) {
-        size_t cap = f->cap ? f->cap * 2 : 4;
-        bson_value_t *nv = realloc(f->v, cap * sizeof *nv);
+        size_t cap = f->cap * 2;
+        bson_value_t *nv = f->v == f->inl ? malloc(cap * sizeof *nv)
+                                          : realloc(f->v, cap * sizeof *nv);
         if (!nv) {
             f->oom = true;
             return;
         }
+        if (f->v == f->inl)
+            memcpy(nv, f->inl, sizeof f->inl);
         f->v = nv;
         f->cap = cap;
     }
@@ -414,36 +566,23 @@ static void fv_walk(struct fvals *f, const bson_value_t *v, int i, int depth)
 
 static void fv_free(struct fvals *f)
 {
-    for (int i = 0; i < f->nparts; i++)
-        free(f->parts[i]);
-    free(f->parts);
-    free(f->v);
+    if (f->v != f->inl)
+        free(f->v);
 }
 
-static int fv_collect(struct fvals *f, const char *path, const bson_t *doc)
+static void fv_collect(struct fvals *f, const struct ldb_index *ix, int field, const bson_t *doc)
 {
     memset(f, 0, sizeof *f);
-    f->path = path;
+    f->path = ix->paths[field];
+    f->parts = ix->parts[field];
+    f->nparts = ix->nparts[field];
+    f->v = f->inl;
+    f->cap = sizeof f->inl / sizeof f->inl[0];
     f->array_at = -1;
-    int cnt = 1;
-    for (const char *p = path; *p; p++)
-        cnt += *p == '.';
-    if (!(f->parts = calloc((size_t)cnt, sizeof *f->parts)))
-        return -ENOMEM;
-    const char *s = path;
-    for (int i = 0; i < cnt; i++) {
-        const char *d = strchr(s, '.');
-        size_t len = d ? (size_t)(d - s) : strlen(s);
-        if (!(f->parts[i] = strndup(s, len)))
-            return -ENOMEM;
-        f->nparts = i + 1;
-        s = d ? d + 1 : s + len;
-    }
     bson_value_t root = {.value_type = BSON_TYPE_DOCUMENT};
     root.value.v_doc.data = (uint8_t *)bson_get_data(doc);
     root.value.v_doc.data_len = doc->len;
     fv_walk(f, &root, 0, 0);
-    return f->oom ? -ENOMEM : 0;
 }
 
 /* The dotted prefix of f's path covering `at` components, for comparing where two
@@ -477,7 +616,8 @@ static int index_fields(const struct ldb_index *ix, const bson_t *doc, struct fv
     size_t total = 1;
     *multikey = false;
     for (int i = 0; i < ix->nfields; i++) {
-        if (fv_collect(&f[i], ix->paths[i], doc) != 0) {
+        fv_collect(&f[i], ix, i, doc);
+        if (f[i].oom) {
             snprintf(err, err_len, "out of memory");
             return -ENOMEM;
         }
@@ -572,7 +712,7 @@ static int one_index_keys(const struct ldb_index *ix, const bson_t *doc, struct 
 {
     struct fvals f[LDB_INDEX_FIELDS_MAX];
     memset(out, 0, sizeof *out);
-    memset(f, 0, sizeof f);
+    memset(f, 0, (size_t)ix->nfields * sizeof *f);
     int rc = index_fields(ix, doc, f, &out->multikey, err, err_len);
     if (rc == 0) {
         struct keys_ctx c = {.ix = ix, .out = out};
@@ -641,7 +781,7 @@ static void dup_message(const char *ns, const struct ldb_index *ix, const bson_t
     struct fvals f[LDB_INDEX_FIELDS_MAX];
     bool mk;
     char scratch[8];
-    memset(f, 0, sizeof f);
+    memset(f, 0, (size_t)ix->nfields * sizeof *f);
     bson_init(&c.shown);
     if (doc && index_fields(ix, doc, f, &mk, scratch, sizeof scratch) == 0)
         for_combos(ix, f, dup_find, &c);
@@ -738,9 +878,53 @@ static int put_key(const uint8_t *key, size_t len, void *arg)
     return 0;
 }
 
-int ldb_ix_apply(ldb_store *s, MDB_txn *txn, const char *ns, ldb_ixset *set, const ldb_key *id,
+/* One queued entry: index set->v[ix], key and _id bytes in the queue's buffer. */
+struct ldb_ixq_ent {
+    size_t ix;
+    size_t off;
+    uint16_t klen, idlen;
+};
+
+void ldb_ixqueue_free(ldb_ixqueue *q)
+{
+    free(q->v);
+    ldb_kbuf_free(&q->bytes);
+    memset(q, 0, sizeof *q);
+}
+
+struct queue_ctx {
+    ldb_ixqueue *q;
+    size_t ix;
+    const ldb_key *id;
+};
+
+static int queue_key(const uint8_t *key, size_t len, void *arg)
+{
+    struct queue_ctx *c = arg;
+    ldb_ixqueue *q = c->q;
+    if (q->n == q->cap) {
+        size_t cap = q->cap ? q->cap * 2 : 256;
+        struct ldb_ixq_ent *nv = realloc(q->v, cap * sizeof *nv);
+        if (!nv)
+            return -1;
+        q->v = nv;
+        q->cap = cap;
+    }
+    /* Index keys are at most LDB_IKEY_HASHED bytes and _id keys LDB_KEY_MAX. */
+    q->v[q->n] = (struct ldb_ixq_ent){.ix = c->ix, .off = q->bytes.len, .klen = (uint16_t)len,
+                                      .idlen = (uint16_t)c->id->len};
+    if (ldb_kbuf_append(&q->bytes, key, len) != 0 ||
+        ldb_kbuf_append(&q->bytes, c->id->bytes, c->id->len) != 0)
+        return -1;
+    q->n++;
+    return 0;
+}
+
+/* ldb_ix_apply, with the new entries of non-unique indexes going to q when q is set
+ * (there is then no old document). */
+static int apply(ldb_store *s, MDB_txn *txn, const char *ns, ldb_ixset *set, const ldb_key *id,
                  const struct ldb_ixkeys *old_keys, const struct ldb_ixkeys *new_keys,
-                 const bson_t *new_doc, char *err, size_t err_len)
+                 const bson_t *new_doc, ldb_ixqueue *q, char *err, size_t err_len)
 {
     MDB_val idv = {.mv_size = id->len, .mv_data = (void *)id->bytes};
     for (size_t i = 0; i < set->n; i++) {
@@ -765,8 +949,15 @@ int ldb_ix_apply(ldb_store *s, MDB_txn *txn, const char *ns, ldb_ixset *set, con
         struct apply_ctx c = {.txn = txn, .ix = ix, .id = idv};
         const struct ldb_ixkeys *o = old_keys ? &old_keys[i] : NULL;
         const struct ldb_ixkeys *n = new_keys ? &new_keys[i] : NULL;
-        if (key_diff(o, n, del_key, &c) != 0 || key_diff(n, o, put_key, &c) != 0)
+        if (q && !ix->unique && !o) {
+            struct queue_ctx qc = {.q = q, .ix = i, .id = id};
+            if (key_diff(n, NULL, queue_key, &qc) != 0) {
+                snprintf(err, err_len, "out of memory");
+                return -ENOMEM;
+            }
+        } else if (key_diff(o, n, del_key, &c) != 0 || key_diff(n, o, put_key, &c) != 0) {
             return ldb_mdb_err(c.mdb_rc, "index write", err, err_len);
+        }
         if (n && ((n->multikey && !ix->multikey) || (n->truncated && !ix->truncated))) {
             ix->multikey |= n->multikey;
             ix->truncated |= n->truncated;
@@ -776,6 +967,63 @@ int ldb_ix_apply(ldb_store *s, MDB_txn *txn, const char *ns, ldb_ixset *set, con
         }
     }
     return 0;
+}
+
+int ldb_ix_apply(ldb_store *s, MDB_txn *txn, const char *ns, ldb_ixset *set, const ldb_key *id,
+                 const struct ldb_ixkeys *old_keys, const struct ldb_ixkeys *new_keys,
+                 const bson_t *new_doc, char *err, size_t err_len)
+{
+    return apply(s, txn, ns, set, id, old_keys, new_keys, new_doc, NULL, err, err_len);
+}
+
+int ldb_ix_insert_queued(ldb_store *s, MDB_txn *txn, const char *ns, ldb_ixset *set,
+                         const ldb_key *id, const struct ldb_ixkeys *new_keys,
+                         const bson_t *new_doc, ldb_ixqueue *q, char *err, size_t err_len)
+{
+    return apply(s, txn, ns, set, id, NULL, new_keys, new_doc, q, err, err_len);
+}
+
+static int queue_cmp(const void *a, const void *b, void *arg)
+{
+    const struct ldb_ixq_ent *x = a, *y = b;
+    const uint8_t *base = arg;
+    if (x->ix != y->ix)
+        return x->ix < y->ix ? -1 : 1;
+    int c = ldb_bytes_cmp(base + x->off, x->klen, base + y->off, y->klen);
+    if (c == 0)
+        c = ldb_bytes_cmp(base + x->off + x->klen, x->idlen, base + y->off + y->klen, y->idlen);
+    return c;
+}
+
+int ldb_ix_flush(MDB_txn *txn, const ldb_ixset *set, ldb_ixqueue *q, char *err, size_t err_len)
+{
+    if (q->n > 1)
+        qsort_r(q->v, q->n, sizeof *q->v, queue_cmp, q->bytes.data);
+    MDB_cursor *c = NULL;
+    size_t cur_ix = SIZE_MAX;
+    int rc = 0;
+    for (size_t i = 0; i < q->n && rc == 0; i++) {
+        const struct ldb_ixq_ent *e = &q->v[i];
+        if (e->ix != cur_ix) {
+            if (c)
+                mdb_cursor_close(c);
+            c = NULL;
+            cur_ix = e->ix;
+            if ((rc = mdb_cursor_open(txn, set->v[cur_ix].dbi, &c)) != 0)
+                break;
+        }
+        MDB_val k = {.mv_size = e->klen, .mv_data = q->bytes.data + e->off};
+        MDB_val v = {.mv_size = e->idlen, .mv_data = q->bytes.data + e->off + e->klen};
+        /* Through one cursor: LMDB looks for the next key on the page it is on first. */
+        rc = mdb_cursor_put(c, &k, &v, MDB_NODUPDATA);
+        if (rc == MDB_KEYEXIST)
+            rc = 0;
+    }
+    if (c)
+        mdb_cursor_close(c);
+    q->n = 0;
+    q->bytes.len = 0;
+    return rc ? ldb_mdb_err(rc, "index write", err, err_len) : 0;
 }
 
 /* ---------------------------------------------------------------- create / drop */
@@ -942,6 +1190,7 @@ static int exec_drop(ldb_store *s, MDB_txn *txn, void *arg, char *err, size_t er
             continue;
         char kb[LDB_NS_MAX + LDB_INDEX_NAME_MAX + 2];
         MDB_val k = cat_key(op->ns, ix->name, kb);
+        ldb_ix_catalog_writing(s);
         if (!ix->have_dbi) {
             snprintf(err, err_len, "index %s is not open", ix->name);
             rc = -EIO;

@@ -33,6 +33,8 @@ struct ldb_index {
     bson_t *keys; /* owned key pattern */
     int nfields;
     char *paths[LDB_INDEX_FIELDS_MAX]; /* owned */
+    char **parts[LDB_INDEX_FIELDS_MAX]; /* owned: each path split at its dots */
+    int nparts[LDB_INDEX_FIELDS_MAX];
     int dirs[LDB_INDEX_FIELDS_MAX];    /* 1 or -1 */
     bool unique;
     bool multikey;  /* some document had an array on an indexed path */
@@ -53,8 +55,29 @@ int ldb_ixset_load(ldb_store *s, MDB_txn *txn, const char *ns, ldb_ixset *out, c
 void ldb_ixset_free(ldb_ixset *set);
 
 /* Opens (and caches) the handles of every index of ns. Call before beginning the
- * transaction that will use them: LMDB hides handles opened after a transaction began. */
+ * transaction that will use them: LMDB hides handles opened after a transaction began.
+ * Cheap when the collection's cached index set is current. */
 int ldb_index_prepare(ldb_store *s, const char *ns, char *err, size_t err_len);
+
+/* An index set shared by the finds of one catalog generation: immutable once
+ * published, freed when the last reference goes. */
+struct ldb_ixshared {
+    _Atomic unsigned refs;
+    uint64_t gen;
+    ldb_ixset set;
+};
+void ldb_ixshared_release(struct ldb_ixshared *sh); /* NULL is ignored */
+
+/* A read snapshot of one collection: a pooled read transaction and the collection's
+ * index set as that snapshot has it, every index handle open. */
+typedef struct {
+    MDB_txn *txn;
+    struct ldb_ixshared *ix;
+} ldb_snap;
+
+int ldb_snap_begin(ldb_store *s, struct ldb_coll *c, ldb_snap *out, char *err, size_t err_len);
+/* Releases the transaction and the index set; safe on a zeroed or ended snap. */
+void ldb_snap_end(ldb_store *s, ldb_snap *snap);
 
 /* The stored keys one document produces for one index: sorted, without duplicates. */
 struct ldb_ixkeys {
@@ -76,6 +99,27 @@ void ldb_ixkeys_free(struct ldb_ixkeys *keys, size_t n);
 int ldb_ix_apply(ldb_store *s, MDB_txn *txn, const char *ns, ldb_ixset *set, const ldb_key *id,
                  const struct ldb_ixkeys *old_keys, const struct ldb_ixkeys *new_keys,
                  const bson_t *new_doc, char *err, size_t err_len);
+
+/* New entries of non-unique indexes that an insert operation defers: written in key
+ * order by ldb_ix_flush, they descend each index along pages already at hand instead
+ * of one random path per document. Zero-initialise; ldb_ixqueue_free releases. */
+struct ldb_ixq_ent;
+typedef struct {
+    struct ldb_ixq_ent *v;
+    size_t n, cap;
+    ldb_kbuf bytes;
+} ldb_ixqueue;
+
+/* ldb_ix_apply for a new document (no old keys), queueing the entries of non-unique
+ * indexes in q; unique indexes are checked and written at once, as they must be for
+ * the next document's check. */
+int ldb_ix_insert_queued(ldb_store *s, MDB_txn *txn, const char *ns, ldb_ixset *set,
+                         const ldb_key *id, const struct ldb_ixkeys *new_keys,
+                         const bson_t *new_doc, ldb_ixqueue *q, char *err, size_t err_len);
+/* Writes and empties q, in txn, before the operation ends. LMDB errors leave txn
+ * unusable, as ldb_ix_apply's do. */
+int ldb_ix_flush(MDB_txn *txn, const ldb_ixset *set, ldb_ixqueue *q, char *err, size_t err_len);
+void ldb_ixqueue_free(ldb_ixqueue *q);
 
 /* Where a stored key stops being comparable with a bound: hashed keys only up to the
  * prefix. */

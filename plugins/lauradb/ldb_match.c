@@ -43,7 +43,11 @@ struct node {
 };
 
 struct ldb_matcher {
-    bson_t *filter; /* owned copy; every operand points into it */
+    /* Copy of the filter's bytes, allocated with the matcher; every operand points
+     * into it. Plain bytes, not a bson_t, whose 128-byte alignment would cost an
+     * aligned allocation per query. */
+    uint8_t *filter;
+    uint32_t filter_len;
     struct node *root;
     ldb_constraint *cons;
     size_t ncons, cons_cap;
@@ -72,9 +76,7 @@ static void node_free(struct node *n)
 {
     if (!n)
         return;
-    for (int i = 0; i < n->nparts; i++)
-        free(n->parts[i]);
-    free(n->parts);
+    free(n->parts); /* the components live in the same block */
     for (size_t i = 0; i < n->nkids; i++)
         node_free(n->kids[i]);
     free(n->kids);
@@ -101,28 +103,29 @@ static struct node *node_new(struct cctx *c, enum kind k, const char *path)
         int cnt = 1;
         for (const char *p = path; *p; p++)
             cnt += *p == '.';
-        n->parts = calloc((size_t)cnt, sizeof(char *));
+        /* One block: the component pointers, then a copy of the path cut at its dots
+         * (one allocation per node however deep the path). */
+        size_t plen = strlen(path);
+        n->parts = malloc((size_t)cnt * sizeof(char *) + plen + 1);
         if (!n->parts) {
             free(n);
             fail(c, -ENOMEM, "out of memory");
             return NULL;
         }
-        const char *s = path;
+        char *s = (char *)(n->parts + cnt);
+        memcpy(s, path, plen + 1);
         for (int i = 0; i < cnt; i++) {
-            const char *d = strchr(s, '.');
+            char *d = strchr(s, '.');
             size_t len = d ? (size_t)(d - s) : strlen(s);
             if (len == 0) {
                 node_free(n);
                 fail(c, -EINVAL, "invalid field path '%s': empty component", path);
                 return NULL;
             }
-            n->parts[i] = strndup(s, len);
+            if (d)
+                *d = '\0';
+            n->parts[i] = s;
             n->nparts = i + 1;
-            if (!n->parts[i]) {
-                node_free(n);
-                fail(c, -ENOMEM, "out of memory");
-                return NULL;
-            }
             s = d ? d + 1 : s + len;
         }
     }
@@ -653,16 +656,18 @@ int ldb_match_compile(const bson_t *filter, ldb_matcher **out, char *err, size_t
     *out = NULL;
     if (err_len)
         err[0] = '\0';
-    ldb_matcher *m = calloc(1, sizeof(*m));
-    if (!m || !(m->filter = bson_copy(filter))) {
-        free(m);
+    ldb_matcher *m = calloc(1, sizeof(*m) + filter->len);
+    if (!m) {
         fail(&c, -ENOMEM, "out of memory");
         return c.rc;
     }
+    m->filter = (uint8_t *)(m + 1);
     m->root = node_new(&c, K_AND, NULL);
     bson_value_t root = {.value_type = BSON_TYPE_DOCUMENT};
-    root.value.v_doc.data = (uint8_t *)bson_get_data(m->filter);
-    root.value.v_doc.data_len = m->filter->len;
+    memcpy(m->filter, bson_get_data(filter), filter->len);
+    m->filter_len = filter->len;
+    root.value.v_doc.data = m->filter;
+    root.value.v_doc.data_len = m->filter_len;
     if (!m->root || compile_doc(&c, &root, m->root, 0) < 0 ||
         collect_constraints(m, m->root) < 0) {
         if (c.rc == 0)
@@ -679,7 +684,6 @@ void ldb_matcher_free(ldb_matcher *m)
     if (!m)
         return;
     node_free(m->root);
-    bson_destroy(m->filter);
     free(m->cons);
     free(m);
 }
@@ -688,6 +692,20 @@ size_t ldb_match_constraints(const ldb_matcher *m, const ldb_constraint **out)
 {
     *out = m->cons;
     return m->ncons;
+}
+
+bool ldb_match_only_ranges_on(const ldb_matcher *m, const char *path)
+{
+    const struct node *r = m->root;
+    if (r->kind != K_AND || r->from_all || r->nkids == 0)
+        return false;
+    for (size_t i = 0; i < r->nkids; i++) {
+        const struct node *n = r->kids[i];
+        if ((n->kind != K_GT && n->kind != K_GTE && n->kind != K_LT && n->kind != K_LTE) ||
+            n->nparts != 1 || strcmp(n->path, path) != 0)
+            return false;
+    }
+    return true;
 }
 
 /* ---- evaluation ----------------------------------------------------------------- */

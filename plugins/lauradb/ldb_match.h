@@ -40,6 +40,12 @@ typedef struct {
     const bson_value_t *value; /* points into the matcher; valid until it is freed */
 } ldb_constraint;
 
+/* True when m is nothing but comparisons ($gt/$gte/$lt/$lte) on the one top-level
+ * field `path` (no dots): a document matches exactly when the first value it has
+ * there satisfies every one of them. Lets find skip re-checking documents whose
+ * index key already proves that. */
+bool ldb_match_only_ranges_on(const ldb_matcher *m, const char *path);
+
 /* Number of constraints, and the array of them through *out (owned by the matcher). */
 size_t ldb_match_constraints(const ldb_matcher *m, const ldb_constraint **out);
 

@@ -27,37 +27,50 @@ static int64_t op_key_decode(const uint8_t *p)
     return (int64_t)v;
 }
 
+/* Past this size the reused entry buffer is released after use rather than kept. */
+#define OPLOG_SCRATCH_KEEP (64 * 1024)
+
 int ldb_oplog_append(ldb_store *s, MDB_txn *txn, const char *ns, ldb_op_type t,
                      const bson_t *doc, const bson_t *query, const bson_t *update,
                      int64_t *op_id, char *err, size_t err_len)
 {
     int64_t id = s->last_op_id + 1;
-    bson_t e = BSON_INITIALIZER;
-    bool ok = BSON_APPEND_INT64(&e, "op", id) && BSON_APPEND_INT64(&e, "ts", ldb_now_ms()) &&
-              BSON_APPEND_UTF8(&e, "ns", ns) && BSON_APPEND_INT32(&e, "t", (int32_t)t);
+    if (!s->oplog_scratch && !(s->oplog_scratch = bson_new())) {
+        snprintf(err, err_len, "out of memory");
+        return -ENOMEM;
+    }
+    bson_t *e = s->oplog_scratch;
+    bson_reinit(e);
+    bool ok = BSON_APPEND_INT64(e, "op", id) && BSON_APPEND_INT64(e, "ts", ldb_now_ms()) &&
+              BSON_APPEND_UTF8(e, "ns", ns) && BSON_APPEND_INT32(e, "t", (int32_t)t);
     if (ok && doc)
-        ok = BSON_APPEND_DOCUMENT(&e, "doc", doc);
+        ok = BSON_APPEND_DOCUMENT(e, "doc", doc);
     if (ok && query)
-        ok = BSON_APPEND_DOCUMENT(&e, "q", query);
+        ok = BSON_APPEND_DOCUMENT(e, "q", query);
     if (ok && update)
-        ok = BSON_APPEND_DOCUMENT(&e, "u", update);
+        ok = BSON_APPEND_DOCUMENT(e, "u", update);
     /* Multi-document transactions do not exist yet; 0 means "none", as on the wire. */
     if (ok)
-        ok = BSON_APPEND_INT64(&e, "txn", 0);
+        ok = BSON_APPEND_INT64(e, "txn", 0);
+    int rc = 0;
+    if (ok) {
+        uint8_t kb[8];
+        op_key(kb, id);
+        MDB_val k = {.mv_size = 8, .mv_data = kb};
+        MDB_val v = {.mv_size = e->len, .mv_data = (void *)bson_get_data(e)};
+        /* APPEND: keys only grow, so LMDB can skip the search and fill pages densely. */
+        rc = mdb_put(txn, s->oplog, &k, &v, MDB_APPEND);
+    }
+    if (e->len > OPLOG_SCRATCH_KEEP) {
+        bson_destroy(e);
+        s->oplog_scratch = NULL;
+    }
     if (!ok) {
-        bson_destroy(&e);
         /* Not a document-level error: the change it would log is already in txn, so the
          * caller must roll the operation back, which -ENOMEM makes it do. */
         snprintf(err, err_len, "oplog entry could not be built");
         return -ENOMEM;
     }
-    uint8_t kb[8];
-    op_key(kb, id);
-    MDB_val k = {.mv_size = 8, .mv_data = kb};
-    MDB_val v = {.mv_size = e.len, .mv_data = (void *)bson_get_data(&e)};
-    /* APPEND: keys only grow, so LMDB can skip the search and fill pages densely. */
-    int rc = mdb_put(txn, s->oplog, &k, &v, MDB_APPEND);
-    bson_destroy(&e);
     if (rc != 0) {
         /* KEYEXIST here would mean a stale op_id, never the caller's document: report
          * it as I/O so the writer rolls back rather than treating it as a duplicate. */

@@ -157,10 +157,11 @@ static int range_set(struct ldb_range *r, const uint8_t *lo, size_t lo_len, cons
     /* A bound cut to the stored prefix still orders before/after what it bounded. */
     lo_len = lo_len > LDB_IKEY_PREFIX ? LDB_IKEY_PREFIX : lo_len;
     hi_len = hi_len > LDB_IKEY_PREFIX ? LDB_IKEY_PREFIX : hi_len;
-    r->lo = malloc(lo_len ? lo_len : 1);
-    r->hi = malloc(hi_len ? hi_len : 1);
-    if (!r->lo || !r->hi)
+    /* One block: hi follows lo, so freeing lo frees both (ldb_plan_free). */
+    r->lo = malloc(lo_len + hi_len + 1);
+    if (!r->lo)
         return -ENOMEM;
+    r->hi = r->lo + lo_len;
     if (lo_len)
         memcpy(r->lo, lo, lo_len);
     if (hi_len)
@@ -176,7 +177,6 @@ void ldb_plan_free(ldb_plan *p)
     ldb_keylist_free(&p->ids);
     for (size_t i = 0; i < p->n; i++) {
         free(p->ranges[i].lo);
-        free(p->ranges[i].hi);
     }
     free(p->ranges);
     memset(p, 0, sizeof *p);
@@ -208,20 +208,36 @@ static int index_ranges(const struct ldb_index *ix, const ldb_constraint *cons, 
     ldb_kbuf lo = {0}, hi = {0};
     const bson_value_t *rlo = NULL, *rhi = NULL;
     int rank = 0;
+    size_t count = 1; /* candidate prefixes; only counted when scoring */
     memset(of, 0, sizeof *of);
     of->all_exact = true;
-    if (!(c.p = calloc(1, sizeof *c.p)))
+    if (plan && !(c.p = calloc(1, sizeof *c.p)))
         return -ENOMEM;
-    c.n = 1;
+    c.n = plan ? 1 : 0;
     for (f = 0; f < ix->nfields && exact; f++) {
         const bson_value_t *eq, *in;
         size_t np = field_points(cons, ncons, ix->paths[f], &eq, &in);
         if (np == SIZE_MAX) {
             cands_free(&c); /* $in: [] */
+            count = 0;
             of->score = 1000;
             break;
         }
-        if (np > 0 && c.n * np <= MAX_RANGES) {
+        if (np > 0 && count * np <= MAX_RANGES && !plan) {
+            /* Scoring needs only whether the points are exact, not their bytes. */
+            if (eq) {
+                exact &= ldb_key_index_exact(eq);
+            } else {
+                bson_iter_t it;
+                bson_iter_init_from_data(&it, in->value.v_doc.data, in->value.v_doc.data_len);
+                while (bson_iter_next(&it))
+                    exact &= ldb_key_index_exact(bson_iter_value(&it));
+            }
+            count *= np;
+            of->score += exact ? 4 : 2;
+            continue;
+        }
+        if (np > 0 && plan && c.n * np <= MAX_RANGES) {
             struct cands next = {.p = calloc(c.n * np, sizeof *next.p)};
             if (!next.p)
                 goto out;
@@ -310,7 +326,6 @@ static int index_ranges(const struct ldb_index *ix, const ldb_constraint *cons, 
     for (size_t i = 0; i < plan->n; i++) {
         if (m > 0 && range_cmp(&plan->ranges[i], &plan->ranges[m - 1]) == 0) {
             free(plan->ranges[i].lo);
-            free(plan->ranges[i].hi);
             continue;
         }
         plan->ranges[m++] = plan->ranges[i];

@@ -5,6 +5,7 @@
  * the oplog format in ldb_oplog.c.
  */
 #include "ldb_store_int.h"
+#include "ldb_index.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -66,27 +67,34 @@ int ldb_ns_check(const char *ns, char *err, size_t err_len)
 
 static struct ldb_coll *coll_find(ldb_store *s, const char *ns)
 {
-    for (struct ldb_coll *c = s->colls; c; c = c->next)
+    for (struct ldb_coll *c = atomic_load_explicit(&s->colls, memory_order_acquire); c;
+         c = c->next)
         if (strcmp(c->ns, ns) == 0)
             return c;
     return NULL;
 }
 
-int ldb_coll_dbi(ldb_store *s, const char *ns, bool create, MDB_dbi *out, char *err,
+int ldb_coll_get(ldb_store *s, const char *ns, bool create, struct ldb_coll **out, char *err,
                  size_t err_len)
 {
     char name[sizeof COLL_PREFIX + LDB_NS_MAX];
     MDB_txn *txn = NULL;
     MDB_dbi dbi;
+    /* Only namespaces that passed the check are cached, so a hit needs no check. */
+    struct ldb_coll *c = ns ? coll_find(s, ns) : NULL;
+    if (c) {
+        *out = c;
+        return 0;
+    }
     int rc = ldb_ns_check(ns, err, err_len);
     if (rc != 0)
         return rc;
     snprintf(name, sizeof name, COLL_PREFIX "%s", ns);
 
     pthread_mutex_lock(&s->dbi_mu);
-    struct ldb_coll *c = coll_find(s, ns);
+    c = coll_find(s, ns);
     if (c) {
-        *out = c->dbi;
+        *out = c;
         pthread_mutex_unlock(&s->dbi_mu);
         return 0;
     }
@@ -133,9 +141,10 @@ int ldb_coll_dbi(ldb_store *s, const char *ns, bool create, MDB_dbi *out, char *
     }
     memcpy(nc->ns, ns, strlen(ns) + 1);
     nc->dbi = dbi;
-    nc->next = s->colls;
-    s->colls = nc;
-    *out = dbi;
+    pthread_mutex_init(&nc->ix_mu, NULL);
+    nc->next = atomic_load_explicit(&s->colls, memory_order_relaxed);
+    atomic_store_explicit(&s->colls, nc, memory_order_release);
+    *out = nc;
     pthread_mutex_unlock(&s->dbi_mu);
     return 0;
 
@@ -145,6 +154,60 @@ fail:
     pthread_mutex_unlock(&s->dbi_mu);
     free(nc);
     return rc;
+}
+
+int ldb_coll_dbi(ldb_store *s, const char *ns, bool create, MDB_dbi *out, char *err,
+                 size_t err_len)
+{
+    struct ldb_coll *c;
+    int rc = ldb_coll_get(s, ns, create, &c, err, err_len);
+    if (rc == 0)
+        *out = c->dbi;
+    return rc;
+}
+
+/* A per-thread starting slot spreads the threads over the pool. */
+static unsigned rtxn_slot(void)
+{
+    static _Atomic unsigned next_slot;
+    static _Thread_local unsigned slot = UINT32_MAX;
+    if (slot == UINT32_MAX)
+        slot = atomic_fetch_add(&next_slot, 1) % LDB_RTXN_POOL;
+    return slot;
+}
+
+int ldb_rtxn_get(ldb_store *s, MDB_txn **out, char *err, size_t err_len)
+{
+    unsigned first = rtxn_slot();
+    for (unsigned i = 0; i < LDB_RTXN_POOL; i++) {
+        _Atomic(MDB_txn *) *slot = &s->rtxns[(first + i) % LDB_RTXN_POOL];
+        if (!atomic_load_explicit(slot, memory_order_relaxed))
+            continue;
+        MDB_txn *txn = atomic_exchange(slot, NULL);
+        if (!txn)
+            continue;
+        if (mdb_txn_renew(txn) == 0) {
+            *out = txn;
+            return 0;
+        }
+        mdb_txn_abort(txn); /* then begin a fresh one, which reports any real error */
+        break;
+    }
+    int rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, out);
+    return rc ? ldb_mdb_err(rc, "read transaction", err, err_len) : 0;
+}
+
+void ldb_rtxn_put(ldb_store *s, MDB_txn *txn)
+{
+    unsigned first = rtxn_slot();
+    mdb_txn_reset(txn);
+    for (unsigned i = 0; i < LDB_RTXN_POOL; i++) {
+        MDB_txn *expect = NULL;
+        if (atomic_compare_exchange_strong(&s->rtxns[(first + i) % LDB_RTXN_POOL], &expect,
+                                           txn))
+            return;
+    }
+    mdb_txn_abort(txn);
 }
 
 int ldb_store_open(const char *dir, const ldb_store_opts *o, ldb_store **out, char *err,
@@ -219,9 +282,15 @@ void ldb_store_close(ldb_store *s)
 {
     if (!s)
         return;
-    while (s->colls) {
-        struct ldb_coll *c = s->colls;
-        s->colls = c->next;
+    for (unsigned i = 0; i < LDB_RTXN_POOL; i++) {
+        MDB_txn *txn = atomic_exchange(&s->rtxns[i], NULL);
+        if (txn)
+            mdb_txn_abort(txn);
+    }
+    for (struct ldb_coll *c = atomic_load(&s->colls), *nx; c; c = nx) {
+        nx = c->next;
+        ldb_ixshared_release(c->ix);
+        pthread_mutex_destroy(&c->ix_mu);
         free(c);
     }
     while (s->ixdbis) {
@@ -229,6 +298,8 @@ void ldb_store_close(ldb_store *s)
         s->ixdbis = x->next;
         free(x);
     }
+    if (s->oplog_scratch)
+        bson_destroy(s->oplog_scratch);
     /* Closing the environment closes every database handle with it. */
     if (s->env)
         mdb_env_close(s->env);

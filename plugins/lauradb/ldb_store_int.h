@@ -11,14 +11,28 @@
 
 #include <lmdb.h>
 #include <pthread.h>
+#include <stdatomic.h>
+
+struct ldb_ixshared; /* a cached, immutable index set (ldb_index.h) */
 
 /* A collection's LMDB handle, cached because mdb_dbi_open may not run concurrently
- * with itself in one process (so readers must not call it on every find). */
+ * with itself in one process (so readers must not call it on every find). Entries are
+ * only added (at the head, published with a release store) and freed at close, so
+ * readers walk the list without a lock. */
 struct ldb_coll {
     char ns[LDB_NS_MAX + 1];
     MDB_dbi dbi;
+    /* The collection's index set as last loaded for finds, valid while the store's
+     * ix_gen still equals its gen (ldb_index.c). ix_mu guards the pointer. */
+    pthread_mutex_t ix_mu;
+    struct ldb_ixshared *ix;
     struct ldb_coll *next;
 };
+
+/* Reset read transactions kept for reuse: beginning one allocates and clears a
+ * per-database table (max_dbs entries), renewing a reset one does not. Each pooled
+ * one keeps an LMDB reader slot (of 126) but no snapshot, so writers never wait. */
+#define LDB_RTXN_POOL 16
 
 struct ldb_wop; /* a queued write, ldb_write.c */
 
@@ -37,8 +51,8 @@ struct ldb_store {
     MDB_dbi oplog;   /* big-endian op_id -> oplog entry document */
     MDB_dbi indexes; /* ns NUL name -> index definition (ldb_index.c) */
 
-    pthread_mutex_t dbi_mu; /* serialises mdb_dbi_open and guards colls */
-    struct ldb_coll *colls;
+    pthread_mutex_t dbi_mu; /* serialises mdb_dbi_open and adding to colls */
+    _Atomic(struct ldb_coll *) colls;
     /* Index handles. Opening one is serialised by dbi_mu like any mdb_dbi_open; the
      * list has its own lock because the group-commit leader reads it inside its write
      * transaction, while dbi_mu may be held by a thread waiting for that transaction. */
@@ -56,7 +70,38 @@ struct ldb_store {
     /* Only touched inside the write transaction, i.e. by one thread at a time; the
      * leader handoff through q_mu orders those accesses. */
     int64_t last_op_id;
+    /* The oplog entry being built, reused so that an append allocates nothing once it
+     * has grown (ldb_oplog.c); touched only inside the write transaction, like
+     * last_op_id. NULL until the first append. */
+    bson_t *oplog_scratch;
+
+    /* The index catalog's generation, a sequence lock for the cached index sets: the
+     * group-commit leader makes it odd before its transaction first writes "__indexes"
+     * and even again once that transaction has committed or aborted. A reader that
+     * sees the same even value before and after taking its snapshot knows the
+     * snapshot's catalog is the one of that generation. */
+    _Atomic uint64_t ix_gen;
+
+    _Atomic(MDB_txn *) rtxns[LDB_RTXN_POOL];
 };
+
+/* The collection's cached entry, as ldb_coll_dbi (which it backs). */
+int ldb_coll_get(ldb_store *s, const char *ns, bool create, struct ldb_coll **out, char *err,
+                 size_t err_len);
+
+/* A read transaction, renewed from the pool when one is there; 0 or <0 with err. */
+int ldb_rtxn_get(ldb_store *s, MDB_txn **out, char *err, size_t err_len);
+/* Ends a read transaction from ldb_rtxn_get: reset and pooled (its snapshot released,
+ * so it holds no pages from writers), or aborted when the pool is full. */
+void ldb_rtxn_put(ldb_store *s, MDB_txn *txn);
+
+/* Called by the group-commit leader before it writes the index catalog. */
+static inline void ldb_ix_catalog_writing(ldb_store *s)
+{
+    uint64_t g = atomic_load(&s->ix_gen);
+    if (!(g & 1))
+        atomic_store(&s->ix_gen, g + 1);
+}
 
 /* Maps an LMDB return code to a negative errno and writes "what: message" to err. */
 int ldb_mdb_err(int rc, const char *what, char *err, size_t err_len);

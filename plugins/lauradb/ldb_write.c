@@ -41,6 +41,7 @@ struct ldb_wop {
     void *fn_ctx;
     /* the collection's indexes, loaded inside the operation's transaction */
     ldb_ixset ix;
+    ldb_ixqueue *ixq; /* insert: non-unique index entries written at the end */
     /* outcome */
     ldb_write_result *r;
     int rc;
@@ -94,6 +95,19 @@ static void with_id_first(const bson_t *doc, bson_t *out)
     while (bson_iter_next(&it))
         if (strcmp(bson_iter_key(&it), "_id") != 0)
             bson_append_iter(out, bson_iter_key(&it), (int)bson_iter_key_len(&it), &it);
+}
+
+/* True when doc already is what with_id_first would make of it: _id first, no other
+ * _id, and every element readable. Such a document is stored as it is, uncopied. */
+static bool id_already_first(const bson_t *doc)
+{
+    bson_iter_t it;
+    if (!bson_iter_init(&it, doc) || !bson_iter_next(&it) || strcmp(bson_iter_key(&it), "_id"))
+        return false;
+    while (bson_iter_next(&it))
+        if (strcmp(bson_iter_key(&it), "_id") == 0)
+            return false;
+    return it.err_off == 0;
 }
 
 static void dup_message(const char *ns, const bson_iter_t *id, char *err, size_t err_len)
@@ -152,7 +166,9 @@ static int put_new(ldb_store *s, MDB_txn *txn, struct ldb_wop *op, const bson_t 
         return ldb_mdb_err(rc, "insert", err, err_len);
     }
     if (keys) {
-        rc = ldb_ix_apply(s, txn, op->ns, &op->ix, &k, NULL, keys, doc, err, err_len);
+        rc = op->ixq ? ldb_ix_insert_queued(s, txn, op->ns, &op->ix, &k, keys, doc, op->ixq, err,
+                                            err_len)
+                     : ldb_ix_apply(s, txn, op->ns, &op->ix, &k, NULL, keys, doc, err, err_len);
         ldb_ixkeys_free(keys, op->ix.n);
         /* A unique index refused it: ldb_ix_apply wrote nothing, so removing the
          * document undoes the insert and the batch carries on. */
@@ -270,11 +286,26 @@ static int visit_next(struct visit *vs, MDB_cursor *c, MDB_val *k, MDB_val *v)
 
 /* -------------------------------------------------------------- the operations */
 
+static int insert_docs(ldb_store *s, MDB_txn *txn, struct ldb_wop *op);
+
 /* Each exec_* runs inside txn (a nested transaction) and returns 0 to keep its changes
  * or a negative errno to have them rolled back. Insert reports document failures in
  * op->rc and the result instead, since earlier documents stay inserted. */
 
 static int exec_insert(ldb_store *s, MDB_txn *txn, struct ldb_wop *op)
+{
+    ldb_ixqueue q = {0};
+    /* Several documents' index entries are written together, in key order. */
+    op->ixq = op->n > 1 && op->ix.n ? &q : NULL;
+    int rc = insert_docs(s, txn, op);
+    if (rc == 0 && op->ixq)
+        rc = ldb_ix_flush(txn, &op->ix, op->ixq, op->err, op->err_len);
+    op->ixq = NULL;
+    ldb_ixqueue_free(&q);
+    return rc;
+}
+
+static int insert_docs(ldb_store *s, MDB_txn *txn, struct ldb_wop *op)
 {
     char msg[256];
     for (size_t i = 0; i < op->n; i++) {
@@ -283,6 +314,8 @@ static int exec_insert(ldb_store *s, MDB_txn *txn, struct ldb_wop *op)
         if (op->docs[i]->len > LDB_DOC_MAX) {
             /* Checked first so an oversized document is not copied just to be refused. */
             rc = too_large(op->docs[i]->len, msg, sizeof msg);
+        } else if (id_already_first(op->docs[i])) {
+            rc = put_new(s, txn, op, op->docs[i], &op->r->last_op_id, msg, sizeof msg);
         } else {
             with_id_first(op->docs[i], &doc);
             rc = put_new(s, txn, op, &doc, &op->r->last_op_id, msg, sizeof msg);
@@ -504,6 +537,36 @@ static void op_failed(struct ldb_wop *op, int rc)
 
 /* -------------------------------------------------------------- group commit */
 
+/* The batch's transaction has committed or is gone: an index catalog change it made
+ * is settled (ldb_ix_catalog_writing). */
+static void batch_settled(ldb_store *s)
+{
+    uint64_t g = atomic_load(&s->ix_gen);
+    if (g & 1)
+        atomic_store(&s->ix_gen, g + 1);
+}
+
+/* Runs op in txn (its own: the batch's when alone, else a nested one) and commits txn,
+ * or aborts it when op fails. */
+static void run_op(ldb_store *s, MDB_txn *txn, struct ldb_wop *op, const char *what)
+{
+    int64_t op_start = s->last_op_id;
+    int rc = exec_op(s, txn, op);
+    if (rc == 0) {
+        rc = mdb_txn_commit(txn);
+        if (rc != 0)
+            rc = ldb_mdb_err(rc, what, op->err, op->err_len);
+    } else {
+        mdb_txn_abort(txn);
+    }
+    if (rc != 0) {
+        /* Its oplog entries were rolled back with it: reuse their op_ids so the oplog
+         * stays dense. */
+        s->last_op_id = op_start;
+        op_failed(op, rc);
+    }
+}
+
 static void run_batch(ldb_store *s, struct ldb_wop *batch)
 {
     MDB_txn *txn;
@@ -514,28 +577,20 @@ static void run_batch(ldb_store *s, struct ldb_wop *batch)
             op_failed(op, ldb_mdb_err(rc, "begin write", op->err, op->err_len));
         return;
     }
+    if (!batch->next) {
+        /* Alone in its batch, an operation needs no nested transaction: undoing it is
+         * aborting the batch, which also spares LMDB's per-nested-transaction tables. */
+        run_op(s, txn, batch, "commit");
+        batch_settled(s);
+        return;
+    }
     for (struct ldb_wop *op = batch; op; op = op->next) {
         MDB_txn *child;
-        int64_t op_start = s->last_op_id;
         rc = mdb_txn_begin(s->env, txn, 0, &child);
-        if (rc != 0) {
+        if (rc != 0)
             op_failed(op, ldb_mdb_err(rc, "begin nested", op->err, op->err_len));
-            continue;
-        }
-        rc = exec_op(s, child, op);
-        if (rc == 0) {
-            rc = mdb_txn_commit(child);
-            if (rc != 0)
-                rc = ldb_mdb_err(rc, "nested commit", op->err, op->err_len);
-        } else {
-            mdb_txn_abort(child);
-        }
-        if (rc != 0) {
-            /* Its oplog entries were rolled back with it: reuse their op_ids so the
-             * oplog stays dense. */
-            s->last_op_id = op_start;
-            op_failed(op, rc);
-        }
+        else
+            run_op(s, child, op, "nested commit");
     }
     rc = mdb_txn_commit(txn);
     if (rc != 0) {
@@ -544,6 +599,7 @@ static void run_batch(ldb_store *s, struct ldb_wop *batch)
             if (!op->rolled_back)
                 op_failed(op, ldb_mdb_err(rc, "commit", op->err, op->err_len));
     }
+    batch_settled(s);
 }
 
 /* Queues op and returns once a batch containing it has committed (or failed). */
