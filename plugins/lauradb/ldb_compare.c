@@ -280,7 +280,7 @@ int ldb_doc_cmp(const bson_t *a, const bson_t *b)
 
 /* ---- dotted paths --------------------------------------------------------------- */
 
-static bool is_index(const char *s, size_t n, uint32_t *out)
+bool ldb_path_index(const char *s, size_t n, uint32_t *out)
 {
     if (n == 0 || n > 9)
         return false;
@@ -319,7 +319,7 @@ static size_t path_walk(const bson_value_t *v, const char *rest, ldb_path_visit_
     }
     if (v->value_type == BSON_TYPE_ARRAY) {
         uint32_t idx = 0;
-        bool numeric = is_index(rest, n, &idx);
+        bool numeric = ldb_path_index(rest, n, &idx);
         if (!bson_iter_init_from_data(&it, v->value.v_doc.data, v->value.v_doc.data_len))
             return 0;
         for (uint32_t i = 0; bson_iter_next(&it); i++) {

@@ -35,6 +35,9 @@ int ldb_iter_cmp(const bson_iter_t *a, const bson_iter_t *b);
 /* Compare two whole documents field by field (type rank, then name, then value). */
 int ldb_doc_cmp(const bson_t *a, const bson_t *b);
 
+/* True when path part s[0..n) is an array position ("0".."999999999"), in *out. */
+bool ldb_path_index(const char *s, size_t n, uint32_t *out);
+
 /* Look up a dotted path with MongoDB's array traversal and call fn for every value
  * found (arrays at the end are passed whole, not expanded). Returns how many were found. */
 typedef void (*ldb_path_visit_fn)(const bson_value_t *v, void *ctx);

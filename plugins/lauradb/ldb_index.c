@@ -490,21 +490,6 @@ static void fv_array(struct fvals *f, int at)
         f->array_at = at;
 }
 
-static bool part_index(const char *s, uint32_t *out)
-{
-    size_t n = strlen(s);
-    uint32_t v = 0;
-    if (n == 0 || n > 9)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-        v = v * 10 + (uint32_t)(s[i] - '0');
-    }
-    *out = v;
-    return true;
-}
-
 static void fv_walk(struct fvals *f, const bson_value_t *v, int i, int depth)
 {
     bson_iter_t it;
@@ -543,7 +528,7 @@ static void fv_walk(struct fvals *f, const bson_value_t *v, int i, int depth)
     }
     if (v->value_type == BSON_TYPE_ARRAY) {
         uint32_t idx = 0;
-        bool numeric = part_index(f->parts[i], &idx), any = false;
+        bool numeric = ldb_path_index(f->parts[i], strlen(f->parts[i]), &idx), any = false;
         fv_array(f, i);
         if (bson_iter_init_from_data(&it, v->value.v_doc.data, v->value.v_doc.data_len))
             for (uint32_t k = 0; bson_iter_next(&it); k++) {

@@ -839,21 +839,6 @@ static bool leaf_ok(const struct node *n, const bson_value_t *v, bool expanded, 
     }
 }
 
-static bool is_index(const char *s, uint32_t *out)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 9)
-        return false;
-    uint32_t v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-        v = v * 10 + (uint32_t)(s[i] - '0');
-    }
-    *out = v;
-    return true;
-}
-
 /* True when any value reachable at n's path (from part i on, starting at v) satisfies
  * the leaf; arrays along the way fan out to their document elements. */
 static bool walk(const struct node *n, const bson_value_t *v, int i, int depth)
@@ -885,7 +870,7 @@ static bool walk(const struct node *n, const bson_value_t *v, int i, int depth)
     }
     if (v->value_type == BSON_TYPE_ARRAY) {
         uint32_t idx = 0;
-        bool numeric = is_index(n->parts[i], &idx), any = false;
+        bool numeric = ldb_path_index(n->parts[i], strlen(n->parts[i]), &idx), any = false;
         if (!bson_iter_init_from_data(&it, v->value.v_doc.data, v->value.v_doc.data_len))
             return false;
         for (uint32_t k = 0; bson_iter_next(&it); k++) {

@@ -255,15 +255,9 @@ static int path_split(struct uctx *c, const char *text, struct path *p)
 
 static bool parse_index(const char *s, size_t *out)
 {
-    size_t n = strlen(s);
-    if (n == 0 || n > 9)
+    uint32_t v;
+    if (!ldb_path_index(s, strlen(s), &v))
         return false;
-    size_t v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
-        v = v * 10 + (size_t)(s[i] - '0');
-    }
     *out = v;
     return true;
 }
@@ -601,16 +595,18 @@ static bool whole_number(const bson_value_t *v, int64_t *out)
 }
 
 /* Each element of a $each array (or the single value) appended to a new vector. */
-static int load_each(struct uctx *c, const bson_value_t *arr, struct un *into)
+/* What $push / $addToSet add: the elements of `each` ($each), or else `arg` itself. */
+static int load_incoming(struct uctx *c, const bson_value_t *each, const bson_value_t *arg,
+                         struct un *into)
 {
     bson_iter_t it;
-    if (!bson_iter_init_from_data(&it, arr->value.v_doc.data, arr->value.v_doc.data_len))
+    if (each && !bson_iter_init_from_data(&it, each->value.v_doc.data, each->value.v_doc.data_len))
         return fail(c, -EINVAL, "$each is not valid BSON");
-    while (bson_iter_next(&it)) {
-        struct un *k = un_from_value(c, NULL, bson_iter_value(&it), 1);
+    while (each ? bson_iter_next(&it) : into->n == 0) {
+        struct un *k = un_from_value(c, NULL, each ? bson_iter_value(&it) : arg, 1);
         if (!k || un_push(c, into, k, into->n) < 0) {
             un_free(k);
-            return c->rc;
+            return c->rc ? c->rc : fail(c, -ENOMEM, "out of memory");
         }
     }
     return 0;
@@ -683,16 +679,8 @@ static int op_push(struct uctx *c, struct un *root, const struct path *p, const 
     int rc = 0;
     if (!arr)
         goto out;
-    if (each) {
-        if (load_each(c, each, &incoming) < 0)
-            goto out;
-    } else {
-        struct un *k = un_from_value(c, NULL, arg, 1);
-        if (!k || un_push(c, &incoming, k, 0) < 0) {
-            un_free(k);
-            goto out;
-        }
-    }
+    if (load_incoming(c, each, arg, &incoming) < 0)
+        goto out;
     /* $position counts from the end when negative (-1 inserts before the last element). */
     size_t at = arr->n;
     if (has_pos) {
@@ -784,16 +772,8 @@ static int op_add_to_set(struct uctx *c, struct un *root, const struct path *p, 
     if (!arr)
         return c->rc;
     struct un incoming = {.type = BSON_TYPE_ARRAY};
-    if (each) {
-        if (load_each(c, each, &incoming) < 0)
-            goto out;
-    } else {
-        struct un *k = un_from_value(c, NULL, arg, 1);
-        if (!k || un_push(c, &incoming, k, 0) < 0) {
-            un_free(k);
-            goto out;
-        }
-    }
+    if (load_incoming(c, each, arg, &incoming) < 0)
+        goto out;
     for (size_t i = 0; i < incoming.n; i++) {
         bool dup = false;
         /* Documents are equal only with the same fields in the same order, as in MongoDB. */

@@ -247,7 +247,9 @@ struct visit {
     size_t i;
 };
 
-static int visit_begin(MDB_txn *txn, struct ldb_wop *op, struct visit *vs)
+/* Gathers the candidates and opens the cursor that visits them (*c); on failure
+ * nothing is left to release. */
+static int visit_begin(MDB_txn *txn, struct ldb_wop *op, struct visit *vs, MDB_cursor **c)
 {
     ldb_plan plan;
     uint64_t keys = 0;
@@ -261,7 +263,14 @@ static int visit_begin(MDB_txn *txn, struct ldb_wop *op, struct visit *vs)
             rc = 0; /* too many: visit everything */
     }
     ldb_plan_free(&plan);
-    return rc;
+    if (rc != 0)
+        return rc;
+    rc = mdb_cursor_open(txn, op->dbi, c);
+    if (rc != 0) {
+        ldb_keylist_free(&vs->ids);
+        return ldb_mdb_err(rc, "cursor", op->err, op->err_len);
+    }
+    return 0;
 }
 
 /* Positions c on the next document to visit; MDB_NOTFOUND at the end. After a
@@ -366,14 +375,9 @@ static int exec_update(ldb_store *s, MDB_txn *txn, struct ldb_wop *op)
     MDB_cursor *c;
     MDB_val k, v;
     struct visit vs;
-    int rc = visit_begin(txn, op, &vs);
+    int rc = visit_begin(txn, op, &vs, &c);
     if (rc != 0)
         return rc;
-    rc = mdb_cursor_open(txn, op->dbi, &c);
-    if (rc != 0) {
-        ldb_keylist_free(&vs.ids);
-        return ldb_mdb_err(rc, "cursor", op->err, op->err_len);
-    }
     int result = 0;
     while ((rc = visit_next(&vs, c, &k, &v)) == 0) {
         bson_t doc, out, q;
@@ -456,14 +460,9 @@ static int exec_delete(ldb_store *s, MDB_txn *txn, struct ldb_wop *op)
     MDB_cursor *c;
     MDB_val k, v;
     struct visit vs;
-    int rc = visit_begin(txn, op, &vs);
+    int rc = visit_begin(txn, op, &vs, &c);
     if (rc != 0)
         return rc;
-    rc = mdb_cursor_open(txn, op->dbi, &c);
-    if (rc != 0) {
-        ldb_keylist_free(&vs.ids);
-        return ldb_mdb_err(rc, "cursor", op->err, op->err_len);
-    }
     int result = 0;
     while ((rc = visit_next(&vs, c, &k, &v)) == 0) {
         bson_t doc, q;

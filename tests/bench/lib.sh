@@ -87,3 +87,15 @@ ratio() {
         if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b + 0 > 0) printf "%.2f", a / b
         else printf "n/a" }'
 }
+
+# start_marchproxy CONF: checks CONF with `$MP -t` (exit 2 with its reasons when it is
+# refused), then starts $MP on it; its pid in MP_PID.
+start_marchproxy() {
+    "$MP" -t -c "$1" >"$TMP/mp-check.log" 2>&1 || {
+        cat "$TMP/mp-check.log" >&2
+        need "marchproxy rejects $1"
+    }
+    start marchproxy "$MP" -c "$1"
+    # shellcheck disable=SC2034  # read by the sourcing script
+    MP_PID=$LAST_PID
+}

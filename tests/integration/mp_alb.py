@@ -14,16 +14,18 @@ def alb_so_path():
     return so
 
 
-def start_alb(start_host, so, settings, *, workers=2, drain_timeout_ms=3000, plugin_name=None):
+def start_alb(start_host, so, settings, *, workers=2, drain_timeout_ms=3000, plugin_name=None,
+              protocol="tcp"):
     """Starts a host whose instance "alb" runs `settings`; returns (Host, listener port).
-    plugin_name installs the .so under that file name (to replace it later)."""
+    plugin_name installs the .so under that file name (to replace it later); protocol
+    is the listener's and its route's ("tcp": the plugin reads whatever comes)."""
     port = free_port()
     h = start_host(plugins=[(so, plugin_name) if plugin_name else so],
                    instances={"alb": {"plugin": "alb", "settings": settings}},
                    host={"workers": workers, "drain_timeout_ms": drain_timeout_ms},
                    extra={"listeners": [{"name": "http", "address": f"127.0.0.1:{port}",
-                                         "protocol": "tcp"}],
-                          "routes": [{"id": "all", "protocol": "tcp", "target": "alb"}]})
+                                         "protocol": protocol}],
+                          "routes": [{"id": "all", "protocol": protocol, "target": "alb"}]})
     return h, port
 
 

@@ -18,19 +18,13 @@ import subprocess
 import pytest
 
 from mp_nginx import parse_kv
-from mphelpers import BUILDDIR, free_port, host_binary
+from mphelpers import host_binary
+import mp_alb
 from mp_alb import request, websocket_upgrade
 from test_alb_basic import ws_backend  # noqa: F401 (a fixture)
 
 T = 10
 BIG = 5 * 1024 * 1024
-
-
-@pytest.fixture(scope="session")
-def alb_so():
-    so = BUILDDIR / "plugins" / "alb" / ".libs" / "alb.so"
-    assert so.is_file(), f"{so} missing: build it with `make` first"
-    return so
 
 
 # ------------------------------------------------------------------ certificates
@@ -148,14 +142,8 @@ def alb_settings(upstreams, routes, pki=None, certs=None):
 
 
 def start_alb(start_host, so, settings, protocol="https", drain_ms=3000):
-    port = free_port()
-    h = start_host(plugins=[so],
-                   instances={"alb": {"plugin": "alb", "settings": settings}},
-                   host={"workers": 2, "drain_timeout_ms": drain_ms},
-                   extra={"listeners": [{"name": "web", "address": f"127.0.0.1:{port}",
-                                         "protocol": protocol}],
-                          "routes": [{"id": "all", "protocol": protocol, "target": "alb"}]})
-    return h, port
+    return mp_alb.start_alb(start_host, so, settings, protocol=protocol,
+                            drain_timeout_ms=drain_ms)
 
 
 @pytest.fixture

@@ -213,12 +213,7 @@ instances: {
   };
 };
 EOF
-"$MP" -t -c "$TMP/mp/marchproxy.conf" >"$TMP/mp-check.log" 2>&1 || {
-    cat "$TMP/mp-check.log" >&2
-    need "marchproxy rejects $TMP/mp/marchproxy.conf"
-}
-start marchproxy "$MP" -c "$TMP/mp/marchproxy.conf"
-MP_PID=$LAST_PID
+start_marchproxy "$TMP/mp/marchproxy.conf"
 
 wait_listening "$BE_PORT" backend
 wait_listening "$NG_PORT" nginx
