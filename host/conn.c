@@ -80,7 +80,7 @@ static void drop_timers(mp_conn *c)
 
 void dp_conn_arm_recv(mp_conn *c)
 {
-    if (c->recv_armed || c->paused || c->peer_eof || c->state == CONN_CLOSED ||
+    if (c->recv_armed || c->recv_held || c->peer_eof || c->state == CONN_CLOSED ||
         c->state == CONN_CLOSING || c->state == CONN_CONNECTING)
         return;
     struct io_uring_sqe *sqe = dp_sqe(c->w);
@@ -137,13 +137,54 @@ static dp_seg *seg_provided(mp_worker *w, uint16_t bid, size_t len)
     return s;
 }
 
+/* An owned segment with room for at least `len` bytes; small ones come from the
+ * worker's cache, so a proxied request's sends cost no malloc. */
+static dp_seg *seg_owned(mp_worker *w, size_t len)
+{
+    dp_seg *s;
+    size_t cap = DP_SMALL_SEG_BYTES - sizeof(*s);
+    if (len <= cap && w->seg_cache) {
+        s = w->seg_cache;
+        w->seg_cache = s->next;
+        w->seg_cache_n--;
+    } else {
+        if (len > cap)
+            cap = len;
+        s = malloc(sizeof(*s) + cap);
+        if (!s)
+            return NULL;
+    }
+    memset(s, 0, sizeof(*s));
+    s->kind = SEG_OWNED;
+    s->data = s->owned;
+    s->cap = cap;
+    return s;
+}
+
 static void seg_release(mp_worker *w, dp_seg *s)
 {
-    if (s->kind == SEG_PROVIDED)
+    if (s->kind == SEG_PROVIDED) {
         dp_worker_recycle_buffer(w, s->bid);
-    else if (s->kind == SEG_ZC && s->done)
+    } else if (s->kind == SEG_ZC && s->done) {
         s->done(s->done_arg);
+    } else if (s->kind == SEG_OWNED && s->cap == DP_SMALL_SEG_BYTES - sizeof(*s) &&
+               w->seg_cache_n < DP_SMALL_SEG_CACHE) {
+        s->next = w->seg_cache;
+        w->seg_cache = s;
+        w->seg_cache_n++;
+        return;
+    }
     free(s);
+}
+
+void dp_conn_free_seg_cache(mp_worker *w)
+{
+    while (w->seg_cache) {
+        dp_seg *s = w->seg_cache;
+        w->seg_cache = s->next;
+        free(s);
+    }
+    w->seg_cache_n = 0;
 }
 
 /* Pump: both directions have ended and everything is written → close both. */
@@ -190,6 +231,36 @@ static void on_peer_eof(mp_conn *c)
         dp_conn_close(c, MP_CLOSE_PEER, 0, false);
 }
 
+/* Input that arrived while the plugin has the connection paused, kept for resume. A
+ * pause leaves the kernel's receive running, so pausing and resuming once per request
+ * costs no cancel and no re-arm; only when the held input passes DP_STASH_SOFT_MAX is
+ * the receive stopped, so a peer that keeps sending meets TCP's backpressure. Small
+ * pieces are copied so they do not pin a 64 KiB receive buffer each. */
+static void stash_input(mp_conn *c, uint16_t bid, size_t len)
+{
+    mp_worker *w = c->w;
+    dp_seg *st;
+    if (len <= DP_SMALL_SEG_BYTES - sizeof(*st) && (st = seg_owned(w, len))) {
+        memcpy(st->owned, w->bufs + (size_t)bid * DP_BUF_SIZE, len);
+        st->len = len;
+        dp_worker_recycle_buffer(w, bid);
+    } else if (!(st = seg_provided(w, bid, len))) {
+        dp_worker_recycle_buffer(w, bid);
+        dp_conn_close(c, MP_CLOSE_ERROR, ENOMEM, true);
+        return;
+    }
+    if (c->stash_tail)
+        c->stash_tail->next = st;
+    else
+        c->stash_head = st;
+    c->stash_tail = st;
+    c->stash_bytes += len;
+    if (c->stash_bytes > DP_STASH_SOFT_MAX && !c->recv_held) {
+        c->recv_held = true;
+        cancel_recv(c);
+    }
+}
+
 void dp_conn_on_recv(mp_conn *c, struct io_uring_cqe *cqe)
 {
     mp_worker *w = c->w;
@@ -217,24 +288,14 @@ void dp_conn_on_recv(mp_conn *c, struct io_uring_cqe *cqe)
             } else if (dp_conn_queue(p, s) == 1 && !c->paused) {
                 /* the far side is slow: stop reading until it drains */
                 c->paused = true;
+                c->recv_held = true;
                 cancel_recv(c);
             }
         } else if (c->state == CONN_SNIFFING) {
             dp_dispatch_sniff_data(c, data, (size_t)res);
             dp_worker_recycle_buffer(w, bid);
         } else if (c->paused) {
-            /* Arrived before the cancel took effect: keep it (no copy) for resume. */
-            dp_seg *st = seg_provided(w, bid, (size_t)res);
-            if (!st) {
-                dp_worker_recycle_buffer(w, bid);
-                dp_conn_close(c, MP_CLOSE_ERROR, ENOMEM, true);
-            } else {
-                if (c->stash_tail)
-                    c->stash_tail->next = st;
-                else
-                    c->stash_head = st;
-                c->stash_tail = st;
-            }
+            stash_input(c, bid, (size_t)res);
         } else {
             if (c->handler && c->handler->on_data)
                 c->handler->on_data(c->ctx, c, data, (size_t)res);
@@ -246,7 +307,7 @@ void dp_conn_on_recv(mp_conn *c, struct io_uring_cqe *cqe)
     } else if (res == -ENOBUFS) {
         /* The worker's buffers are all in use (queued towards slow peers): wait for one
          * to come back rather than spin. */
-        if (c->state != CONN_CLOSED && !c->paused && !c->on_rearm_list) {
+        if (c->state != CONN_CLOSED && !c->recv_held && !c->on_rearm_list) {
             c->on_rearm_list = true;
             c->rearm_next = w->rearm_head;
             w->rearm_head = c;
@@ -311,11 +372,15 @@ static void kick_send(mp_conn *c)
         io->iov[n].iov_base = (void *)(s->data + s->off);
         io->iov[n].iov_len = s->len - s->off;
     }
-    memset(&io->msg, 0, sizeof(io->msg));
-    io->msg.msg_iov = io->iov;
-    io->msg.msg_iovlen = (size_t)n;
     struct io_uring_sqe *sqe = dp_sqe(c->w);
-    io_uring_prep_sendmsg(sqe, c->fd, &io->msg, MSG_NOSIGNAL);
+    if (n == 1) { /* the usual case: no msghdr for the kernel to copy in */
+        io_uring_prep_send(sqe, c->fd, io->iov[0].iov_base, io->iov[0].iov_len, MSG_NOSIGNAL);
+    } else {
+        memset(&io->msg, 0, sizeof(io->msg));
+        io->msg.msg_iov = io->iov;
+        io->msg.msg_iovlen = (size_t)n;
+        io_uring_prep_sendmsg(sqe, c->fd, &io->msg, MSG_NOSIGNAL);
+    }
     io_uring_sqe_set_data64(sqe, UD(c, UD_SEND));
     c->send_inflight = true;
     c->inflight++;
@@ -373,6 +438,7 @@ static void on_send(mp_conn *c, struct io_uring_cqe *cqe)
             mp_conn *p = c->pump_peer;
             if (p && p->paused && p->state != CONN_CLOSED) {
                 p->paused = false;
+                p->recv_held = false;
                 dp_conn_arm_recv(p);
             }
         } else if (c->handler && c->handler->on_drain) {
@@ -411,6 +477,7 @@ static void release_output(mp_conn *c)
         seg_release(c->w, st);
     }
     c->stash_tail = NULL;
+    c->stash_bytes = 0;
     while (c->out_head) {
         dp_seg *s = c->out_head;
         c->out_head = s->next;
@@ -646,6 +713,7 @@ static int api_conn_pump(mp_conn *a, mp_conn *b)
     a->handler = &a->handler_copy;
     b->handler = &b->handler_copy;
     a->paused = b->paused = false;
+    a->recv_held = b->recv_held = false;
     dp_conn_arm_recv(a);
     dp_conn_arm_recv(b);
     return 0;
@@ -672,13 +740,27 @@ static int api_send(mp_conn *c, const void *data, size_t len)
         return -EPIPE;
     if (len == 0)
         return c->out_bytes > DP_SEND_HWM ? 1 : 0;
-    dp_seg *s = malloc(sizeof(*s) + len);
+    /* While no send is in flight the kernel holds no pointer into the queue, so a
+     * response head and its body join the last segment and leave as one piece. */
+    dp_seg *t = c->out_tail;
+    if (!c->send_inflight && t && t->kind == SEG_OWNED && t->cap - t->len >= len) {
+        memcpy(t->owned + t->len, data, len);
+        t->len += len;
+        c->out_bytes += len;
+        if (c->out_bytes > DP_SEND_HARD_MAX) {
+            dp_conn_close(c, MP_CLOSE_OVERFLOW, ENOBUFS, true);
+            return -ENOBUFS;
+        }
+        if (c->out_bytes > DP_SEND_HWM) {
+            c->backpressured = true;
+            return 1;
+        }
+        return 0;
+    }
+    dp_seg *s = seg_owned(c->w, len);
     if (!s)
         return -ENOMEM;
-    memset(s, 0, sizeof(*s));
-    s->kind = SEG_OWNED;
     memcpy(s->owned, data, len);
-    s->data = s->owned;
     s->len = len;
     return dp_conn_queue(c, s);
 }
@@ -714,13 +796,8 @@ static int api_shutdown_write(mp_conn *c)
     return 0;
 }
 
-static void api_pause(mp_conn *c)
-{
-    if (c->paused)
-        return;
-    c->paused = true;
-    cancel_recv(c);
-}
+/* Only delivery stops: the kernel receive runs on and stash_input keeps what comes. */
+static void api_pause(mp_conn *c) { c->paused = true; }
 
 static void api_resume(mp_conn *c)
 {
@@ -734,11 +811,13 @@ static void api_resume(mp_conn *c)
         c->stash_head = st->next;
         if (!c->stash_head)
             c->stash_tail = NULL;
+        c->stash_bytes -= st->len;
         if (c->handler && c->handler->on_data)
             c->handler->on_data(c->ctx, c, st->data, st->len);
         seg_release(c->w, st);
     }
     if (!c->paused && !c->stash_head && c->state != CONN_CLOSED) {
+        c->recv_held = false;
         if (c->eof_pending) {
             c->eof_pending = false;
             if (c->handler && c->handler->on_eof)

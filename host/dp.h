@@ -34,6 +34,13 @@
 #define DP_SNIFF_BUF 16384
 #define DP_CONNECT_TIMEOUT_MS 5000
 #define DP_MAX_LISTENERS 256
+/* Owned send segments up to this size come from a per-worker cache instead of malloc,
+ * and what one round sends on a connection is packed into them (conn.c). */
+#define DP_SMALL_SEG_BYTES 4096
+#define DP_SMALL_SEG_CACHE 256         /* per worker: at most 1 MiB kept */
+#define DP_STASH_SOFT_MAX (64 * 1024)  /* input held for a paused connection before its
+                                        * kernel receive is stopped */
+#define DP_TIMER_CACHE 1024            /* per worker: freed timers kept for reuse */
 
 typedef struct mp_worker mp_worker;
 typedef struct dp_snapshot dp_snapshot;
@@ -143,6 +150,7 @@ typedef struct dp_seg {
     dp_seg_kind kind;
     const uint8_t *data;
     size_t len, off;
+    size_t cap;                   /* SEG_OWNED: room in `owned` (len <= cap) */
     uint16_t bid;                 /* SEG_PROVIDED: buffer to recycle */
     void (*done)(void *arg);      /* SEG_ZC */
     void *done_arg;
@@ -171,8 +179,11 @@ struct mp_conn {
     int inflight;          /* SQEs whose CQE has not arrived */
     int busy;              /* callbacks of this connection on the stack: no free */
     bool recv_armed, recv_wanted, paused, peer_eof, write_shut, want_shut_write;
+    bool recv_held;        /* the kernel receive is stopped on purpose (backpressure):
+                            * `paused` alone only stops delivery (conn.c stash_input) */
     bool send_inflight, closing_abort, backpressured, close_notified;
-    dp_seg *stash_head, *stash_tail; /* input that arrived after a pause (provided buffers) */
+    dp_seg *stash_head, *stash_tail; /* input that arrived after a pause */
+    size_t stash_bytes;
     bool eof_pending;      /* EOF arrived behind stashed input: report it after that */
     bool adopted;          /* handed over by another worker: serve it here */
     bool outbound;         /* opened by conn_connect, not accepted */
@@ -255,6 +266,8 @@ struct mp_worker {
     mp_host *host;
     pthread_t thread;
     struct io_uring ring;
+    bool ring_disabled;    /* made R_DISABLED: the worker thread enables it */
+    bool ring_fd_registered; /* io_uring_register_ring_fd, by the worker thread */
     struct io_uring_buf_ring *br;
     uint8_t *bufs;
     int bgid;
@@ -276,6 +289,12 @@ struct mp_worker {
     mp_timer **theap;      /* pending timers, a min-heap by deadline (worker_timers.c) */
     size_t theap_n, theap_cap;
     uint64_t timer_seq;
+    uint64_t now_ns;       /* CLOCK_MONOTONIC read when the last wait returned: the base
+                            * of new timers' deadlines, so adding one reads no clock */
+    mp_timer *timer_cache; /* freed timers for reuse (via next_in_conn) */
+    size_t timer_cache_n;
+    struct dp_seg *seg_cache; /* free small owned segments (via next) */
+    size_t seg_cache_n;
     _Atomic uint64_t accepted, refused, opened, closed, drained_forced;
     _Atomic uint64_t out_opened, out_closed; /* the outbound share of opened/closed */
 };
@@ -313,11 +332,15 @@ void dp_conn_hold(mp_conn *c);
 void dp_conn_release(mp_conn *c);
 void dp_conn_fill_api(mp_host_api *api);
 int dp_conn_queue(mp_conn *c, dp_seg *seg);
+/* Frees the worker's cache of small send segments (the worker is ending). */
+void dp_conn_free_seg_cache(mp_worker *w);
 /* worker_timers.c */
 mp_timer *dp_timer_add(mp_worker *w, mp_conn *c, uint64_t ms, void (*fn)(void *), void *arg);
 void dp_timer_cancel(mp_timer *t);
 /* How long until the earliest timer is due; false when none is pending. */
 bool dp_timers_next(mp_worker *w, struct __kernel_timespec *wait);
+/* Reads the clock new deadlines count from (the worker loop, after each wait). */
+void dp_timers_clock(mp_worker *w);
 /* Runs the callbacks of the timers that are due. */
 void dp_timers_run(mp_worker *w);
 /* Frees what is still pending (the worker is ending). */

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "dp.h"
@@ -244,10 +245,31 @@ static void handle_cqe(mp_worker *w, struct io_uring_cqe *cqe)
     }
 }
 
+/* io_uring_enable_rings is declared by liburing 2.3 but missing from its exported
+ * symbols, so the register call is made directly. */
+static int enable_ring(struct io_uring *ring)
+{
+    long rc = syscall(__NR_io_uring_register, ring->ring_fd, IORING_REGISTER_ENABLE_RINGS,
+                      NULL, 0);
+    return rc < 0 ? -errno : 0;
+}
+
 static void *worker_main(void *arg)
 {
     mp_worker *w = arg;
     current = w;
+    if (w->ring_disabled) {
+        /* SINGLE_ISSUER binds the ring to the thread that enables it: this one. */
+        int rc = enable_ring(&w->ring);
+        if (rc < 0) {
+            mp_err("worker %d: cannot enable its io_uring: %s", w->index, strerror(-rc));
+            abort();
+        }
+    }
+    /* Each wait then skips looking the ring's fd up; a kernel without it just lacks
+     * the shortcut. */
+    w->ring_fd_registered = io_uring_register_ring_fd(&w->ring) == 1;
+    dp_timers_clock(w);
     arm_event(w);
     for (int i = 0; i < w->n_listens; i++)
         arm_accept(w, &w->listens[i]);
@@ -264,6 +286,7 @@ static void *worker_main(void *arg)
             mp_err("worker %d: io_uring_submit_and_wait: %s", w->index, strerror(-rc));
             break;
         }
+        dp_timers_clock(w);
         unsigned head, n = 0;
         io_uring_for_each_cqe(&w->ring, head, cqe)
         {
@@ -274,6 +297,9 @@ static void *worker_main(void *arg)
         dp_timers_run(w);
     }
     dp_timers_free(w);
+    dp_conn_free_seg_cache(w);
+    if (w->ring_fd_registered)
+        io_uring_unregister_ring_fd(&w->ring); /* registered by and for this thread */
     current = NULL;
     return NULL;
 }
@@ -289,12 +315,22 @@ static int worker_init(mp_host *h, mp_worker *w, int index, char *err, size_t er
     struct io_uring_params p;
     memset(&p, 0, sizeof(p));
     /* The ring is made here, on the main thread, so that a refusal is reported before
-     * anything starts; SINGLE_ISSUER would then tie it to the wrong thread. */
-    p.flags = IORING_SETUP_COOP_TASKRUN;
-    int rc = io_uring_queue_init_params(DP_RING_ENTRIES, &w->ring, &p);
-    if (rc == -EINVAL) { /* an older kernel without those flags */
+     * anything starts. It starts disabled and the worker thread enables it, which makes
+     * that thread its single issuer (worker_main). DEFER_TASKRUN then runs completion
+     * work only when the worker asks for events, in one batch, instead of interrupting
+     * it (6.1+); older kernels get COOP_TASKRUN (5.19+), then no flags. */
+    static const unsigned flag_sets[] = {
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED,
+        IORING_SETUP_COOP_TASKRUN,
+        0,
+    };
+    int rc = -EINVAL;
+    for (size_t i = 0; i < sizeof(flag_sets) / sizeof(flag_sets[0]) && rc == -EINVAL; i++) {
         memset(&p, 0, sizeof(p));
+        p.flags = flag_sets[i];
         rc = io_uring_queue_init_params(DP_RING_ENTRIES, &w->ring, &p);
+        if (rc == 0)
+            w->ring_disabled = (p.flags & IORING_SETUP_R_DISABLED) != 0;
     }
     if (rc < 0) {
         snprintf(err, err_len,

@@ -7,10 +7,16 @@
  * kernel timeout each would cost two submissions and two completions.
  *
  * Lifetime: a timer is freed when it fires (after its callback returns) or when it is
- * cancelled; either way the caller's pointer is dead afterwards.
+ * cancelled; either way the caller's pointer is dead afterwards. Freed timers go to a
+ * per-worker cache and come back from the next add.
+ *
+ * Clock: deadlines count from the time the worker's last wait returned (dp_timers_clock),
+ * not from a fresh clock read per add; a timer may so fire up to one round early, which
+ * millisecond timeouts do not notice.
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "dp.h"
@@ -21,6 +27,20 @@ static uint64_t mono_now_ns(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
+
+/* Freed timers are kept for the next add: a proxied request adds and cancels several. */
+static void timer_free(mp_worker *w, mp_timer *t)
+{
+    if (w->timer_cache_n < DP_TIMER_CACHE) {
+        t->next_in_conn = w->timer_cache;
+        w->timer_cache = t;
+        w->timer_cache_n++;
+    } else {
+        free(t);
+    }
+}
+
+void dp_timers_clock(mp_worker *w) { w->now_ns = mono_now_ns(); }
 
 static bool earlier(const mp_timer *a, const mp_timer *b)
 {
@@ -103,14 +123,21 @@ mp_timer *dp_timer_add(mp_worker *w, mp_conn *c, uint64_t ms, void (*fn)(void *)
         w->theap = grown;
         w->theap_cap = cap;
     }
-    mp_timer *t = calloc(1, sizeof(*t));
-    if (!t)
+    mp_timer *t = w->timer_cache;
+    if (t) {
+        w->timer_cache = t->next_in_conn;
+        w->timer_cache_n--;
+        memset(t, 0, sizeof(*t));
+    } else if (!(t = calloc(1, sizeof(*t)))) {
         return NULL;
+    }
     t->w = w;
     t->conn = c;
     t->fn = fn;
     t->arg = arg;
-    t->deadline_ns = mono_now_ns() + ms * 1000000ull;
+    if (!w->now_ns)
+        w->now_ns = mono_now_ns();
+    t->deadline_ns = w->now_ns + ms * 1000000ull;
     t->seq = w->timer_seq++;
     if (c) {
         t->next_in_conn = c->timers;
@@ -127,7 +154,7 @@ void dp_timer_cancel(mp_timer *t)
         return; /* a timer whose callback is running is freed by dp_timers_run */
     conn_unlink(t);
     heap_remove(t->w, t);
-    free(t);
+    timer_free(t->w, t);
 }
 
 bool dp_timers_next(mp_worker *w, struct __kernel_timespec *wait)
@@ -145,7 +172,7 @@ void dp_timers_run(mp_worker *w)
 {
     if (!w->theap_n)
         return;
-    uint64_t now = mono_now_ns();
+    uint64_t now = w->now_ns;
     /* Only timers due now: one added by a callback with a 0 ms delay waits for the next
      * round, so a callback that re-arms itself cannot keep the worker here. */
     uint64_t limit = w->timer_seq;
@@ -155,7 +182,7 @@ void dp_timers_run(mp_worker *w)
         conn_unlink(t);
         t->fired = true;
         t->fn(t->arg);
-        free(t);
+        timer_free(w, t);
     }
 }
 
@@ -169,4 +196,10 @@ void dp_timers_free(mp_worker *w)
     free(w->theap);
     w->theap = NULL;
     w->theap_cap = 0;
+    while (w->timer_cache) {
+        mp_timer *t = w->timer_cache;
+        w->timer_cache = t->next_in_conn;
+        free(t);
+    }
+    w->timer_cache_n = 0;
 }

@@ -83,7 +83,7 @@ typedef struct sess {
     int tried[ALB_TRIES_MAX]; /* members this request tried, excluded from retries */
     int ntried;
     char *fwd_head;        /* upstream request head, kept to resend on a retry */
-    size_t fwd_len;
+    size_t fwd_len, fwd_cap;
     uint64_t body_sent;    /* request body bytes queued upstream (0: a retry is safe) */
     /* The live tables this connection holds (alb_tables.c) and the current request's
      * route, valid while `routes` is held. */
@@ -111,6 +111,23 @@ static uint64_t now_us(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* "Content-Length: N\r\n" into buf (48 bytes), without printf's cost per response. */
+static const char *content_length_field(char *buf, uint64_t n)
+{
+    char digits[24];
+    size_t nd = 0;
+    do {
+        digits[nd++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n);
+    memcpy(buf, "Content-Length: ", 16);
+    size_t len = 16;
+    while (nd)
+        buf[len++] = digits[--nd];
+    memcpy(buf + len, "\r\n", 3); /* with the terminator */
+    return buf;
 }
 
 /* ------------------------------------------------------------ head store */
@@ -681,21 +698,25 @@ static int rq_headers_complete(alb_http_parser *p)
         s->local_status = 413;
         return ALB_HTTP_CB_PAUSE;
     }
+    /* The head is kept until the next request, to resend on a retry; its buffer stays
+     * with the session and only grows. */
     size_t cap = h->len + h->n * 4 + 2 * m->authority_len + 1024, olen = 0;
-    char *out = malloc(cap);
-    if (!out) {
-        s->local_status = 500;
-        return ALB_HTTP_CB_PAUSE;
+    if (cap > s->fwd_cap) {
+        char *grown = realloc(s->fwd_head, cap);
+        if (!grown) {
+            s->local_status = 500;
+            return ALB_HTTP_CB_PAUSE;
+        }
+        s->fwd_head = grown;
+        s->fwd_cap = cap;
     }
-    enum alb_hdr_rc hr = alb_http_build_upstream_head(&fr, &o, out, cap, &olen);
+    s->fwd_len = 0;
+    enum alb_hdr_rc hr = alb_http_build_upstream_head(&fr, &o, s->fwd_head, cap, &olen);
     if (hr != ALB_HDR_OK) {
-        free(out);
         s->local_status = hr == ALB_HDR_E_NOSPACE ? 431 : 400;
         return ALB_HTTP_CB_PAUSE;
     }
     int ui = s->route.upstream;
-    free(s->fwd_head); /* kept until the next request, to resend on a retry */
-    s->fwd_head = out;
     s->fwd_len = olen;
     s->req_key = alb_pool_request_key(&s->st->cfg.upstreams[ui].pool, fields, h->n,
                                       s->client_ip);
@@ -893,9 +914,7 @@ static int rs_headers_complete(alb_http_parser *p)
                 framing = "Content-Length: 0\r\n";
         } else if (m->framing == ALB_HTTP_BODY_LENGTH) {
             s->rmode = R_RAW;
-            snprintf(clbuf, sizeof(clbuf), "Content-Length: %llu\r\n",
-                     (unsigned long long)m->content_length);
-            framing = clbuf;
+            framing = content_length_field(clbuf, m->content_length);
         } else if (!s->client_v10) {
             s->rmode = R_CHUNK; /* chunked or close-delimited upstream: chunk for the client */
             framing = "Transfer-Encoding: chunked\r\n";
@@ -906,12 +925,23 @@ static int rs_headers_complete(alb_http_parser *p)
         if (!s->client_ka)
             s->client_close = 1;
     }
-    /* Build the head: status line, surviving fields, framing, Connection, Via. */
+    /* Build the head: status line, surviving fields, framing, Connection, Via. Most
+     * heads fit on the stack; a larger one gets the heap. */
+    char stack_head[4096];
     size_t cap = h->len + h->n * 4 + 256, len = 0;
-    char *out = malloc(cap);
+    char *out = cap <= sizeof(stack_head) ? stack_head : malloc(cap);
     if (!out)
         return -1;
-    len += (size_t)snprintf(out, cap, "HTTP/1.1 %03d %.*s\r\n", st, (int)h->ml, h->buf + h->mo);
+    memcpy(out, "HTTP/1.1 ", 9);
+    out[9] = (char)('0' + st / 100);
+    out[10] = (char)('0' + st / 10 % 10);
+    out[11] = (char)('0' + st % 10);
+    out[12] = ' ';
+    len = 13;
+    memcpy(out + len, h->buf + h->mo, h->ml);
+    len += h->ml;
+    memcpy(out + len, "\r\n", 2);
+    len += 2;
     for (size_t i = 0; i < h->n; i++) {
         if (resp_field_dropped(h, i, keep_framing, upgrade))
             continue;
@@ -936,7 +966,8 @@ static int rs_headers_complete(alb_http_parser *p)
     /* With TLS the head waits for the first body piece to share a record with it;
      * up_data_done flushes it when no body came with this read. */
     c_write(s, out, len, ALB_TLS_MORE);
-    free(out);
+    if (out != stack_head)
+        free(out);
     return 0;
 }
 
