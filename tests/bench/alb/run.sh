@@ -2,7 +2,7 @@
 # run.sh — HTTP/1.1 reverse-proxy benchmark: the same wrk load through each L7 proxy in
 # turn, on loopback, against the same nginx backend, and a table of the figures and of
 # marchproxy's ratios to nginx and haproxy. Run on demand (`make bench-alb`, `make bench`),
-# never from `make check`: about two minutes, and the numbers depend on the machine and on
+# never from `make check`: about five minutes, and the numbers depend on the machine and on
 # whatever else runs on it.
 #
 #   direct:     wrk -> backend
@@ -17,8 +17,11 @@
 # The backend is nginx answering every request with the same 1 KiB body (1 worker,
 # keep-alive, access_log off). Load: wrk, BENCH_THREADS threads, BENCH_CONNS keep-alive
 # connections, BENCH_WARMUP s uncounted then BENCH_SECS s counted, --latency for the
-# percentiles. A run only counts when wrk saw no non-2xx/3xx answer and no socket error,
-# and every setup must first return the backend's exact body to curl.
+# percentiles. The setups take turns, BENCH_ROUNDS rounds of all of them, and the table
+# gives each setup's median over its rounds (a machine this small swings by 10 % from one
+# run to the next; taking turns spreads that over all setups alike). A run only counts
+# when wrk saw no non-2xx/3xx answer and no socket error, and every setup must first
+# return the backend's exact body to curl.
 #
 # Installs nothing (scripts/install-deps.sh has nginx, haproxy, wrk). Everything it starts
 # is stopped on exit; files go to a tmp dir (kept with BENCH_KEEP=1). Exit 0 when every
@@ -33,6 +36,7 @@ SECS=${BENCH_SECS:-10}
 WARMUP=${BENCH_WARMUP:-2}
 CONNS=${BENCH_CONNS:-64}
 THREADS=${BENCH_THREADS:-2}
+ROUNDS=${BENCH_ROUNDS:-3}
 BODY_BYTES=1024
 PY=/usr/bin/python3
 MP=$BUILDDIR/marchproxy
@@ -268,14 +272,15 @@ ms() {
         if (f < 0 || v == "") printf "?"; else printf "%.3f", n * f }'
 }
 
-# measure RUN: warm-up, then the counted wrk run; keeps figures and CPU shares in R.
+# measure RUN ROUND: warm-up, then the counted wrk run; keeps its figures and CPU shares
+# in R[RUN.KEY.ROUND] (the report takes the medians over the rounds).
 measure() {
-    local run=$1 pid=${PROXY_PID[$1]} c0=0 c1=0 b0 b1 m0 m1 t0 t1 rc=0 out err
-    out=$TMP/wrk-$run.out
-    err=$TMP/wrk-$run.err
-    say "run.sh: $run ..."
+    local run=$1 k=$2 pid=${PROXY_PID[$1]} c0=0 c1=0 b0 b1 m0 m1 t0 t1 rc=0 out err
+    out=$TMP/wrk-$run-$k.out
+    err=$TMP/wrk-$run-$k.err
+    say "run.sh: round $k: $run ..."
     "$WRK" -t "$THREADS" -c "$CONNS" -d "${WARMUP}s" --timeout 5s "${URL[$run]}" \
-        >"$TMP/warmup-$run.out" 2>&1 || true
+        >"$TMP/warmup-$run-$k.out" 2>&1 || true
     if [ -n "$pid" ]; then c0=$(cpu_ticks "$pid"); fi
     b0=$(cpu_ticks "$BE_PID")
     m0=$(sys_busy_ticks)
@@ -285,54 +290,71 @@ measure() {
         TIMEFORMAT='WRKCPU %U %S'
         time "$WRK" -t "$THREADS" -c "$CONNS" -d "${SECS}s" --timeout 5s --latency \
             "${URL[$run]}" >"$out" 2>"$err"
-    } 2>"$TMP/wrk-$run.time" || rc=$?
+    } 2>"$TMP/wrk-$run-$k.time" || rc=$?
     t1=$(date +%s.%N)
     m1=$(sys_busy_ticks)
     b1=$(cpu_ticks "$BE_PID")
     if [ -n "$pid" ]; then c1=$(cpu_ticks "$pid"); fi
 
-    R[$run.rps]=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
-    R[$run.p50]=$(ms "$(awk '$1 == "50%" { print $2 }' "$out")")
-    R[$run.p99]=$(ms "$(awk '$1 == "99%" { print $2 }' "$out")")
-    R[$run.requests]=$(awk '/requests in/ { print $1 }' "$out")
-    R[$run.non2xx]=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")
-    R[$run.non2xx]=${R[$run.non2xx]:-0}
+    local rps p50 p99 requests non2xx sockerr wall cl
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    p50=$(ms "$(awk '$1 == "50%" { print $2 }' "$out")")
+    p99=$(ms "$(awk '$1 == "99%" { print $2 }' "$out")")
+    requests=$(awk '/requests in/ { print $1 }' "$out")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")
+    non2xx=${non2xx:-0}
     # "Socket errors: connect 0, read 0, write 0, timeout 0" appears only when one is not 0
-    R[$run.sockerr]=$(awk '/Socket errors:/ { gsub(/,/, ""); print $4 + $6 + $8 + $10 }' "$out")
-    R[$run.sockerr]=${R[$run.sockerr]:-0}
-    local wall cl
+    sockerr=$(awk '/Socket errors:/ { gsub(/,/, ""); print $4 + $6 + $8 + $10 }' "$out")
+    sockerr=${sockerr:-0}
+    R[$run.rps.$k]=$rps
+    R[$run.p50.$k]=$p50
+    R[$run.p99.$k]=$p99
+    R[$run.non2xx]=$((${R[$run.non2xx]:-0} + non2xx))
     wall=$(awk -v x="$t0" -v y="$t1" 'BEGIN { print y - x }')
-    cl=$(awk '/^WRKCPU/ { print $2 + $3 }' "$TMP/wrk-$run.time")
-    R[$run.cpu]=$(awk -v a="$c0" -v b="$c1" -v t="$TICK" -v w="$wall" \
-        'BEGIN { printf "%.0f%%", 100 * (b - a) / t / w }')
-    if [ -z "$pid" ]; then R[$run.cpu]=-; fi
-    R[$run.becpu]=$(awk -v a="$b0" -v b="$b1" -v t="$TICK" -v w="$wall" \
-        'BEGIN { printf "%.0f%%", 100 * (b - a) / t / w }')
-    R[$run.clcpu]=$(awk -v c="${cl:-0}" -v w="$wall" 'BEGIN { printf "%.0f%%", 100 * c / w }')
+    cl=$(awk '/^WRKCPU/ { print $2 + $3 }' "$TMP/wrk-$run-$k.time")
+    R[$run.cpu.$k]=$(awk -v a="$c0" -v b="$c1" -v t="$TICK" -v w="$wall" \
+        'BEGIN { printf "%.0f", 100 * (b - a) / t / w }')
+    # The proxy's CPU time per request: what decides its rate once it has a core to
+    # itself, whatever else shares this machine's cores.
+    R[$run.uspr.$k]=$(awk -v a="$c0" -v b="$c1" -v t="$TICK" -v n="${requests:-0}" \
+        'BEGIN { if (n > 0) printf "%.1f", 1e6 * (b - a) / t / n; else printf "?" }')
+    R[$run.becpu.$k]=$(awk -v a="$b0" -v b="$b1" -v t="$TICK" -v w="$wall" \
+        'BEGIN { printf "%.0f", 100 * (b - a) / t / w }')
+    R[$run.clcpu.$k]=$(awk -v c="${cl:-0}" -v w="$wall" 'BEGIN { printf "%.0f", 100 * c / w }')
     # Everything busy that was not the proxy, the backend or wrk: other processes.
-    R[$run.other]=$(awk -v m="$((m1 - m0))" -v p="$((c1 - c0))" -v b="$((b1 - b0))" \
+    R[$run.other.$k]=$(awk -v m="$((m1 - m0))" -v p="$((c1 - c0))" -v b="$((b1 - b0))" \
         -v c="${cl:-0}" -v t="$TICK" -v w="$wall" \
-        'BEGIN { o = 100 * ((m - p - b) / t - c) / w; if (o < 0) o = 0; printf "%.0f%%", o }')
+        'BEGIN { o = 100 * ((m - p - b) / t - c) / w; if (o < 0) o = 0; printf "%.0f", o }')
 
     local why=""
     if [ "$rc" -ne 0 ]; then
         why="wrk exit $rc: $(head -c 300 "$err")"
-    elif [ -z "${R[$run.rps]}" ]; then
+    elif [ -z "$rps" ]; then
         why="no Requests/sec in wrk's output"
-    elif [ "${R[$run.non2xx]}" != 0 ]; then
-        why="${R[$run.non2xx]} non-2xx/3xx answers"
-    elif [ "${R[$run.sockerr]}" != 0 ]; then
+    elif [ "$non2xx" != 0 ]; then
+        why="$non2xx non-2xx/3xx answers"
+    elif [ "$sockerr" != 0 ]; then
         why="socket errors: $(grep 'Socket errors' "$out" | sed 's/^ *//')"
     elif [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
         why="the proxy process is gone"
     fi
     if [ -n "$why" ]; then
-        R[$run.flag]="INVALID: $why"
+        R[$run.flag]="INVALID (round $k): $why"
         STATUS=1
         say "run.sh: $run does not count: $why"
         show_log "$run"
     fi
     sleep 1
+}
+
+# median V...: the middle value as it was written (the mean of the middle two for an
+# even count); "-" when none is a number.
+median() {
+    printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk '{ v[n++] = $1 }
+        END {
+            if (!n) print "-"
+            else if (n % 2) print v[(n - 1) / 2]
+            else printf "%.3f\n", (v[n / 2 - 1] + v[n / 2]) / 2 }'
 }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -343,11 +365,28 @@ for run in $RUNS; do
         STATUS=1
         say "run.sh: $run: ${R[$run.flag]}"
         show_log "$run"
-        continue
     fi
-    measure "$run"
+done
+for k in $(seq "$ROUNDS"); do
+    for run in $RUNS; do
+        if [ -z "${R[$run.flag]:-}" ]; then measure "$run" "$k"; fi
+    done
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# The medians the table and the ratios use; each round's req/s are listed too.
+for run in $RUNS; do
+    for key in rps p50 p99 cpu uspr becpu clcpu other; do
+        vals=()
+        for k in $(seq "$ROUNDS"); do vals+=("${R[$run.$key.$k]:-}"); done
+        R[$run.$key]=$(median "${vals[@]}")
+    done
+    for key in cpu becpu clcpu other; do
+        if [ "${R[$run.$key]}" != - ]; then R[$run.$key]="${R[$run.$key]}%"; fi
+    done
+    R[$run.rounds]=$(for k in $(seq "$ROUNDS"); do printf '%s ' "${R[$run.rps.$k]:--}"; done)
+    if [ -z "${PROXY_PID[$run]}" ]; then R[$run.cpu]=-; R[$run.uspr]=-; fi
+done
 
 # ---------------------------------------------------------------- the report
 
@@ -379,42 +418,46 @@ echo "haproxy:    $("$HAPROXY" -v | head -n1 | awk '{ print $3 }') (Debian packa
     "mode http, nbthread 1, http-reuse always"
 echo "backend:    nginx, 1 worker, ${BODY_BYTES} B body, keep-alive, access_log off"
 echo "load:       $("$WRK" -v 2>&1 | head -n1 | awk '{ print $1, $2 }'), $THREADS threads," \
-    "$CONNS keep-alive connections, ${WARMUP} s warm-up + ${SECS} s counted"
+    "$CONNS keep-alive connections, ${WARMUP} s warm-up + ${SECS} s counted;" \
+    "$ROUNDS rounds taking turns, medians shown"
 echo "TLS:        ECDSA P-256 self-signed, wrk's OpenSSL defaults (TLS 1.3); connections"
 echo "            are kept, so the figures are mostly record encryption, not handshakes"
 echo "CPU:        CPU time / wall time, 100% = one of the $(nproc) cores; other = the machine's"
-echo "            busy time minus proxy, backend and wrk (other processes, kernel threads)"
+echo "            busy time minus proxy, backend and wrk (other processes, kernel threads);"
+echo "            us/req = the proxy's CPU time per request"
 echo
 
-printf '%-16s %10s %9s %9s %9s %6s %6s %7s %6s %6s  %s\n' "setup" "req/s" "p50 ms" \
-    "p99 ms" "requests" "non2xx" "proxy" "backend" "wrk" "other" ""
+printf '%-16s %10s %9s %9s %6s %6s %7s %7s %6s %6s  %s\n' "setup" "req/s" "p50 ms" \
+    "p99 ms" "non2xx" "proxy" "us/req" "backend" "wrk" "other" "req/s per round"
 for run in $RUNS; do
-    printf '%-16s %10s %9s %9s %9s %6s %6s %7s %6s %6s  %s\n' "$run" "${R[$run.rps]:--}" \
-        "${R[$run.p50]:--}" "${R[$run.p99]:--}" "${R[$run.requests]:--}" \
-        "${R[$run.non2xx]:--}" "${R[$run.cpu]:--}" "${R[$run.becpu]:--}" \
-        "${R[$run.clcpu]:--}" "${R[$run.other]:--}" "${R[$run.flag]:-}"
+    printf '%-16s %10s %9s %9s %6s %6s %7s %7s %6s %6s  %s\n' "$run" "${R[$run.rps]:--}" \
+        "${R[$run.p50]:--}" "${R[$run.p99]:--}" "${R[$run.non2xx]:--}" \
+        "${R[$run.cpu]:--}" "${R[$run.uspr]:--}" "${R[$run.becpu]:--}" \
+        "${R[$run.clcpu]:--}" "${R[$run.other]:--}" "${R[$run.flag]:-${R[$run.rounds]}}"
 done
 echo
-printf '%-22s %8s %8s %8s\n' "ratio (plain HTTP)" "req/s" "p50" "p99"
+printf '%-26s %8s %8s %8s %8s\n' "ratio (plain HTTP)" "req/s" "p50" "p99" "us/req"
 for b in nginx haproxy direct; do
-    printf '%-22s %8s %8s %8s\n' "marchproxy/$b" \
+    printf '%-26s %8s %8s %8s %8s\n' "marchproxy/$b" \
         "$(ratio "$(fig marchproxy rps)" "$(fig $b rps)")" \
         "$(ratio "$(fig marchproxy p50)" "$(fig $b p50)")" \
-        "$(ratio "$(fig marchproxy p99)" "$(fig $b p99)")"
+        "$(ratio "$(fig marchproxy p99)" "$(fig $b p99)")" \
+        "$(ratio "$(fig marchproxy uspr)" "$(fig $b uspr)")"
 done
-printf '%-26s %8s %8s %8s\n' "ratio (TLS)" "req/s" "p50" "p99"
+printf '%-26s %8s %8s %8s %8s\n' "ratio (TLS)" "req/s" "p50" "p99" "us/req"
 for b in nginx haproxy; do
-    printf '%-26s %8s %8s %8s\n' "marchproxy-tls/$b-tls" \
+    printf '%-26s %8s %8s %8s %8s\n' "marchproxy-tls/$b-tls" \
         "$(ratio "$(fig marchproxy-tls rps)" "$(fig $b-tls rps)")" \
         "$(ratio "$(fig marchproxy-tls p50)" "$(fig $b-tls p50)")" \
-        "$(ratio "$(fig marchproxy-tls p99)" "$(fig $b-tls p99)")"
+        "$(ratio "$(fig marchproxy-tls p99)" "$(fig $b-tls p99)")" \
+        "$(ratio "$(fig marchproxy-tls uspr)" "$(fig $b-tls uspr)")"
 done
-echo "(req/s above 1 is better for marchproxy; latency below 1 is)"
+echo "(req/s above 1 is better for marchproxy; latency and us/req below 1 are)"
 
 for run in $RUNS; do
     o=${R[$run.other]:-0%}
     o=${o%\%}
-    if [ "$o" -gt 25 ]; then
+    if [ "$o" != - ] && [ "$o" -gt 25 ]; then
         echo "warning: $run ran beside ${o}% of a core of other work; rerun on a quiet machine"
     fi
 done
