@@ -944,6 +944,10 @@ static int run(alb_tls_conn *c)
             rc = ALB_TLS_PAUSED;
             break;
         }
+        /* With no ciphertext left and no decrypted bytes held, a read could only say
+         * "want more": skip it (and its error-queue reset), once per request saved. */
+        if (!c->b_n && !kept_in(c) && !c->in_eof && !SSL_has_pending(c->ssl))
+            break;
         size_t n = 0;
         ERR_clear_error();
         c->gather = 1;
