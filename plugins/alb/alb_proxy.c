@@ -50,6 +50,10 @@ enum phase { P_IDLE, P_REQ, P_DONE, P_TUNNEL };
 enum resp_mode { R_NONE, R_RAW, R_CHUNK };
 enum ctimer { CT_NONE, CT_IDLE, CT_HEADER };
 
+/* The most request body the proxy reads and drops to keep a connection it answered
+ * itself (404, 429); past it the answer closes the connection instead. */
+#define ALB_DISCARD_MAX (1024 * 1024)
+
 typedef struct sess {
     alb_state *st;
     const mp_host_api *api;
@@ -60,6 +64,9 @@ typedef struct sess {
     char client_ip[INET6_ADDRSTRLEN];
     enum phase phase;
     int local_status; /* set by a request callback: answer this locally and close */
+    int quiet_status; /* 404 / 429 for a well-formed request: answered once its body has
+                       * been read and dropped, and the connection kept */
+    uint64_t discarded; /* body bytes of that request dropped so far */
     int in_message;   /* request bytes seen since the last complete request */
     int req_done, resp_started, client_close, client_ka, client_v10, upgrade_req;
     int req_chunked;
@@ -424,23 +431,20 @@ static const char *reason_of(int st)
     }
 }
 
-/* Answers the current request from the proxy itself and closes the client: after an
- * error the rest of the connection's bytes cannot be trusted to be framed right. */
-static void send_local(sess *s, int status)
+/* Writes the proxy's own answer to the current request and counts it. */
+static void write_local(sess *s, int status, int keep_alive)
 {
-    if (status == 502 || status == 504)
-        member_report(s, ALB_OUT_HTTP_5XX); /* no usable response from the member */
-    drop_u(s, 1);
-    if (!s->c || s->phase == P_DONE)
-        return;
     char body[96], head[320], extra[48] = "";
     int bl = snprintf(body, sizeof(body), "%d %s\n", status, reason_of(status));
     if (status == 429)
         snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", s->retry_after);
+    const char *conn = !keep_alive     ? "Connection: close\r\n"
+                       : s->client_v10 ? "Connection: keep-alive\r\n"
+                                       : "";
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                      "%sConnection: close\r\n\r\n",
-                      status, reason_of(status), bl, extra);
+                      "%s%s\r\n",
+                      status, reason_of(status), bl, extra, conn);
     int has_body = s->req_method != ALB_HTTP_M_HEAD;
     c_write(s, head, (size_t)hl, has_body ? ALB_TLS_MORE : 0);
     if (has_body)
@@ -451,6 +455,18 @@ static void send_local(sess *s, int status)
     s->api->stats_request(s->st->inst, s->t_start ? now_us() - s->t_start : 0, status < 500,
                           s->bytes_in, s->bytes_out);
     account(s, status);
+}
+
+/* Answers the current request from the proxy itself and closes the client: after an
+ * error the rest of the connection's bytes cannot be trusted to be framed right. */
+static void send_local(sess *s, int status)
+{
+    if (status == 502 || status == 504)
+        member_report(s, ALB_OUT_HTTP_5XX); /* no usable response from the member */
+    drop_u(s, 1);
+    if (!s->c || s->phase == P_DONE)
+        return;
+    write_local(s, status, 0);
     close_client(s);
 }
 
@@ -503,6 +519,8 @@ static int rq_begin(alb_http_parser *p)
     s->in_message = 1;
     s->routed = 0;
     s->accounted = 0;
+    s->quiet_status = 0;
+    s->discarded = 0;
     if (!s->m_active) {
         s->req_up = NULL;
         s->req_member = -1;
@@ -637,6 +655,24 @@ static int ensure_upstream(sess *s, int ui)
     return connect_next(s, ui, mi);
 }
 
+/* A well-formed request the proxy refuses itself (no route, rate limited): its body is
+ * read and dropped, up to a bound and within the header timeout, and the answer keeps
+ * the connection, as nginx and HAProxy do. A body over the bound gets the same answer
+ * and the connection closes. */
+static int answer_after_body(sess *s, int status)
+{
+    const struct alb_http_msg *m = &s->rq.msg;
+    /* A client waiting for "100 Continue" gets the answer at once, and the close. */
+    if (m->upgrade || m->expect_continue ||
+        (m->framing == ALB_HTTP_BODY_LENGTH && m->content_length > ALB_DISCARD_MAX)) {
+        s->local_status = status;
+        return ALB_HTTP_CB_PAUSE;
+    }
+    s->quiet_status = status;
+    start_c_timer(s, CT_HEADER, s->st->cfg.header_ms);
+    return 0;
+}
+
 static int rq_headers_complete(alb_http_parser *p)
 {
     sess *s = p->user;
@@ -659,8 +695,7 @@ static int rq_headers_complete(alb_http_parser *p)
                         h->buf + h->mo, h->ml, req_header, s};
     if (alb_routes_match(s->routes, &rr, &s->route) < 0) {
         atomic_fetch_add(&s->st->not_found, 1);
-        s->local_status = 404;
-        return ALB_HTTP_CB_PAUSE;
+        return answer_after_body(s, 404);
     }
     s->routed = 1;
     alb_rl_verdict verdict;
@@ -671,8 +706,7 @@ static int rq_headers_complete(alb_http_parser *p)
         if (s->route.stats)
             atomic_fetch_add(&s->route.stats->rate_limited, 1);
         s->retry_after = verdict.retry_after_s;
-        s->local_status = 429;
-        return ALB_HTTP_CB_PAUSE;
+        return answer_after_body(s, 429);
     }
     struct alb_http_field fields[MAX_FIELDS];
     for (size_t i = 0; i < h->n; i++)
@@ -734,6 +768,15 @@ static int rq_headers_complete(alb_http_parser *p)
 static int rq_body(alb_http_parser *p, const char *d, size_t n)
 {
     sess *s = p->user;
+    if (s->quiet_status) {
+        s->bytes_in += n;
+        s->discarded += n;
+        if (s->discarded > ALB_DISCARD_MAX) { /* a chunked body that would not end */
+            s->local_status = s->quiet_status;
+            return ALB_HTTP_CB_PAUSE;
+        }
+        return 0;
+    }
     uint64_t max = s->st->cfg.max_body_bytes;
     if (max && s->body_sent + n > max) { /* a chunked body that grew past the limit */
         atomic_fetch_add(&s->st->body_too_large, 1);
@@ -760,6 +803,10 @@ static int rq_complete(alb_http_parser *p)
     s->in_message = 0;
     if (s->local_status)
         return ALB_HTTP_CB_PAUSE;
+    if (s->quiet_status) {
+        s->req_done = 1;
+        return ALB_HTTP_CB_PAUSE;
+    }
     if (s->req_chunked)
         u_send(s, "0\r\n\r\n", 5);
     s->req_done = 1;
@@ -789,7 +836,9 @@ static void stash_add(sess *s, const uint8_t *d, size_t n)
     s->stash_len += n;
 }
 
-/* Feeds client bytes to the request parser until they are used up or a request waits. */
+/* Feeds client bytes to the request parser until they are used up or a request waits.
+ * Requests the proxy answers itself without closing (answer_after_body) are answered
+ * here in turn, in a loop rather than by recursion, however many were pipelined. */
 static void feed_client(sess *s, const uint8_t *d, size_t n)
 {
     if (s->hold) {
@@ -798,6 +847,24 @@ static void feed_client(sess *s, const uint8_t *d, size_t n)
     }
     size_t used = 0;
     enum alb_http_rc rc = alb_http_parser_execute(&s->rq, (const char *)d, n, &used);
+    while (s->quiet_status && s->req_done && !s->local_status && s->c &&
+           s->phase != P_DONE && (rc == ALB_HTTP_PAUSED || rc == ALB_HTTP_CLOSED)) {
+        int status = s->quiet_status;
+        s->quiet_status = 0;
+        cancel_c_timer(s);
+        int keep = s->client_ka && !s->client_close && rc != ALB_HTTP_CLOSED;
+        write_local(s, status, keep);
+        if (!keep) {
+            close_client(s);
+            return;
+        }
+        s->phase = P_IDLE;
+        start_c_timer(s, CT_IDLE, s->st->cfg.idle_ms);
+        d += used;
+        n -= used;
+        used = 0;
+        rc = n ? alb_http_parser_execute(&s->rq, (const char *)d, n, &used) : ALB_HTTP_OK;
+    }
     if (!s->c || s->phase == P_DONE)
         return;
     if (s->local_status) {

@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import http.server
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -226,6 +227,40 @@ def test_pipelined_requests_answered_in_order(proxy):
              for part in out.split(b"HTTP/1.1 200")[1:]] if out.count(b"HTTP/1.1 200") == 5 \
         else None
     assert paths == [f"/api/p{i}" for i in range(4)] + ["/api/last"], out[:500]
+
+
+def test_404_keeps_the_connection_and_drops_the_body(proxy):
+    """A request no route takes is answered 404 once its body has been read and dropped,
+    and the connection serves the next requests (as nginx and HAProxy do): a
+    Content-Length body, a chunked one and a HEAD, pipelined with good requests."""
+    body = b"GET /api/x HTTP/1.1\r\n"  # body bytes that look like a request: dropped
+    reqs = (b"POST /nope HTTP/1.1\r\nHost: nothing.example\r\nContent-Length: %d\r\n\r\n"
+            % len(body) + body +
+            b"GET /api/one HTTP/1.1\r\nHost: a.example\r\n\r\n"
+            b"POST /nope HTTP/1.1\r\nHost: nothing.example\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            b"HEAD /nope HTTP/1.1\r\nHost: nothing.example\r\n\r\n"
+            b"GET /api/two HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+    out = raw_exchange(proxy["port"], reqs)
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", out)]
+    assert statuses == [404, 200, 404, 404, 200], out[:800]
+    assert b"connection: close" not in out.split(b"HTTP/1.1 200")[0].lower(), out[:400]
+    assert [r["uri"] for r in proxy["api"].requests(wait_for=2)] == ["/api/one", "/api/two"]
+
+
+def test_404_with_a_body_over_the_bound_closes(proxy):
+    """A body too large to read and drop (over 1 MiB) gets its 404 and the close, and so
+    does a client waiting for 100 Continue (at once, not after its wait)."""
+    reqs = (b"POST /nope HTTP/1.1\r\nHost: nothing.example\r\n"
+            b"Content-Length: 2000000\r\n\r\n")
+    out = raw_exchange(proxy["port"], reqs)
+    assert out.startswith(b"HTTP/1.1 404 "), out[:300]
+    assert b"connection: close" in out.lower()
+    t0 = time.monotonic()
+    out = raw_exchange(proxy["port"], b"PUT /nope HTTP/1.1\r\nHost: nothing.example\r\n"
+                                      b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 404 ") and b"connection: close" in out.lower(), out[:300]
+    assert time.monotonic() - t0 < 2
 
 
 def test_large_response_streams_intact(proxy):

@@ -10,6 +10,7 @@ import time
 import pytest
 
 import mp_alb
+from mp_alb import raw_exchange
 from mp_nginx import parse_kv
 
 T = 10
@@ -158,8 +159,12 @@ def test_rate_limit_answers_429_with_retry_after(two):
     status, hdrs, body = get(port, "/slow/x")
     assert status == 429 and 1 <= int(hdrs["retry-after"]) <= 10 and b"429" in body
     assert all(get(port, "/other")[0] == 200 for _ in range(10))  # other routes are free
+    # a 429 keeps the connection: the limited request and a free one, pipelined
+    out = raw_exchange(port, b"GET /slow/y HTTP/1.1\r\nHost: x\r\n\r\n"
+                             b"GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 429 ") and out.count(b"HTTP/1.1 200 ") == 1, out[:500]
     st = custom(h)
-    assert st["route.slow.rate_limited"] == "3" and st["rate_limited"] == "3"
+    assert st["route.slow.rate_limited"] == "4" and st["rate_limited"] == "4"
     # a bad target is refused by the plugin, with its reason
     bad = h.module.SetRateLimit(m.SetRateLimitRequest(instance_id="alb", limit=t.RateLimit(
         limit_id="x", target="host:y", requests_per_second=1, enabled=True)), timeout=T)
