@@ -2,7 +2,7 @@
 # run.sh — HTTP/1.1 reverse-proxy benchmark: the same wrk load through each L7 proxy in
 # turn, on loopback, against the same nginx backend, and a table of the figures and of
 # marchproxy's ratios to nginx and haproxy. Run on demand (`make bench-alb`, `make bench`),
-# never from `make check`: about five minutes, and the numbers depend on the machine and on
+# never from `make check`: about seven minutes, and the numbers depend on the machine and on
 # whatever else runs on it.
 #
 #   direct:     wrk -> backend
@@ -36,7 +36,7 @@ SECS=${BENCH_SECS:-10}
 WARMUP=${BENCH_WARMUP:-2}
 CONNS=${BENCH_CONNS:-64}
 THREADS=${BENCH_THREADS:-2}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 BODY_BYTES=1024
 PY=/usr/bin/python3
 MP=$BUILDDIR/marchproxy
