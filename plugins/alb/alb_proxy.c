@@ -77,8 +77,14 @@ typedef struct sess {
     uint8_t *stash; /* client bytes after a complete request, parsed once it is answered */
     size_t stash_len;
     int hold, c_bp, u_bp, c_paused, u_paused;
+    /* Timers are lazy (see "timers" below): c_timer/u_timer is the host timer armed to
+     * fire at c_armed/u_armed; what it means when it fires is c_timer_kind with
+     * c_deadline, and u_waiting with u_deadline (monotonic ms). */
     mp_timer *c_timer, *u_timer;
     enum ctimer c_timer_kind;
+    uint64_t c_deadline, c_armed;
+    int u_waiting;
+    uint64_t u_deadline, u_armed;
     int busy, c_gone;
     /* Pool bookkeeping for the current request (alb_pool.h). */
     int u_member;          /* member of upstream u_upstream that u is connected to */
@@ -249,6 +255,8 @@ static void set_u_paused(sess *s)
     }
 }
 
+/* Removes the client timer from the host: before the session lets go of the client
+ * connection's callbacks (close, tunnel), after which it must never fire. */
 static void cancel_c_timer(sess *s)
 {
     if (s->c_timer && s->c)
@@ -257,12 +265,18 @@ static void cancel_c_timer(sess *s)
     s->c_timer_kind = CT_NONE;
 }
 
+/* The same for the upstream timer, before the session lets go of that connection. */
 static void cancel_u_timer(sess *s)
 {
     if (s->u_timer && s->u)
         s->api->timer_cancel(s->u, s->u_timer);
     s->u_timer = NULL;
+    s->u_waiting = 0;
 }
+
+/* Lazy stops: the armed timer stays and finds nothing to do when it fires. */
+static void stop_c_timer(sess *s) { s->c_timer_kind = CT_NONE; }
+static void stop_u_timer(sess *s) { s->u_waiting = 0; }
 
 /* The current request no longer occupies its member (least-conn counts). */
 static void member_end(sess *s)
@@ -472,27 +486,77 @@ static void send_local(sess *s, int status)
 
 /* ------------------------------------------------------------ timers */
 
+/* Each request would otherwise cancel and add three timers (header, response, idle).
+ * Instead a session keeps one host timer per connection and moves a deadline: a timer
+ * that fires before its deadline is armed again for the rest, one that fires with
+ * nothing to time does nothing. A timer is armed anew only when the new deadline comes
+ * before the armed one; the client timer is armed for at most the shorter of the header
+ * and idle timeouts, so that the header deadline of the next request on a kept
+ * connection never comes before what the idle wait armed. Deadlines use the coarse
+ * monotonic clock: it costs no clock read per call, and a jiffy is nothing to timeouts
+ * of a millisecond or more. */
+static uint64_t coarse_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void c_timer_fired(void *arg);
+static void u_timer_fired(void *arg);
+
+static void arm_c_timer(sess *s, uint64_t now)
+{
+    uint64_t ms = s->c_deadline - now, cap = s->st->cfg.header_ms;
+    if (s->st->cfg.idle_ms < cap)
+        cap = s->st->cfg.idle_ms;
+    if (ms > cap)
+        ms = cap;
+    s->c_timer = s->api->timer_add(s->c, ms, c_timer_fired, s);
+    s->c_armed = now + ms;
+    if (!s->c_timer)
+        s->c_timer_kind = CT_NONE;
+}
+
+static void arm_u_timer(sess *s, uint64_t now)
+{
+    s->u_timer = s->api->timer_add(s->u, s->u_deadline - now, u_timer_fired, s);
+    s->u_armed = s->u_deadline;
+    if (!s->u_timer)
+        s->u_waiting = 0;
+}
+
 static void c_timer_fired(void *arg)
 {
     sess *s = arg;
     enter(s);
-    enum ctimer kind = s->c_timer_kind;
     s->c_timer = NULL;
-    s->c_timer_kind = CT_NONE;
-    if (kind == CT_HEADER)
-        send_local(s, 408);
-    else if (kind == CT_IDLE)
-        close_client(s);
+    enum ctimer kind = s->c_timer_kind;
+    uint64_t now = coarse_ms();
+    if (kind != CT_NONE && s->c_deadline > now + 1) {
+        arm_c_timer(s, now); /* fired early: the deadline moved on since it was armed */
+    } else {
+        s->c_timer_kind = CT_NONE;
+        if (kind == CT_HEADER)
+            send_local(s, 408);
+        else if (kind == CT_IDLE)
+            close_client(s);
+    }
     leave(s);
 }
 
 static void start_c_timer(sess *s, enum ctimer kind, uint32_t ms)
 {
-    cancel_c_timer(s);
     if (!s->c)
         return;
-    s->c_timer = s->api->timer_add(s->c, ms, c_timer_fired, s);
-    s->c_timer_kind = s->c_timer ? kind : CT_NONE;
+    uint64_t now = coarse_ms();
+    s->c_timer_kind = kind;
+    s->c_deadline = now + ms;
+    if (s->c_timer && s->c_armed <= s->c_deadline)
+        return; /* it fires first, and then looks at the deadline */
+    if (s->c_timer)
+        s->api->timer_cancel(s->c, s->c_timer);
+    arm_c_timer(s, now);
 }
 
 static void u_timer_fired(void *arg)
@@ -500,9 +564,30 @@ static void u_timer_fired(void *arg)
     sess *s = arg;
     enter(s);
     s->u_timer = NULL;
-    if (!s->resp_started)
-        send_local(s, 504);
+    uint64_t now = coarse_ms();
+    if (s->u_waiting && s->u_deadline > now + 1) {
+        arm_u_timer(s, now);
+    } else if (s->u_waiting) {
+        s->u_waiting = 0;
+        if (!s->resp_started)
+            send_local(s, 504);
+    }
     leave(s);
+}
+
+/* The upstream has `response_ms` from now to start its answer. */
+static void start_u_timer(sess *s)
+{
+    if (!s->u)
+        return;
+    uint64_t now = coarse_ms();
+    s->u_waiting = 1;
+    s->u_deadline = now + s->st->cfg.response_ms;
+    if (s->u_timer && s->u_armed <= s->u_deadline)
+        return;
+    if (s->u_timer)
+        s->api->timer_cancel(s->u, s->u_timer);
+    arm_u_timer(s, now);
 }
 
 /* ------------------------------------------------------------ request side */
@@ -552,8 +637,7 @@ static int rq_header(alb_http_parser *p, const char *n, size_t nl, const char *v
 static void up_start_response(sess *s)
 {
     alb_http_parser_set_request_method(&s->rs, s->req_method);
-    cancel_u_timer(s);
-    s->u_timer = s->api->timer_add(s->u, s->st->cfg.response_ms, u_timer_fired, s);
+    start_u_timer(s);
 }
 
 /* Counts the request on member `mi` of `up` from now on. */
@@ -677,7 +761,7 @@ static int rq_headers_complete(alb_http_parser *p)
 {
     sess *s = p->user;
     const struct alb_http_msg *m = &p->msg;
-    cancel_c_timer(s);
+    stop_c_timer(s);
     s->client_ka = m->keep_alive;
     s->client_v10 = m->version_minor == 0;
     s->upgrade_req = m->upgrade;
@@ -851,7 +935,7 @@ static void feed_client(sess *s, const uint8_t *d, size_t n)
            s->phase != P_DONE && (rc == ALB_HTTP_PAUSED || rc == ALB_HTTP_CLOSED)) {
         int status = s->quiet_status;
         s->quiet_status = 0;
-        cancel_c_timer(s);
+        stop_c_timer(s);
         int keep = s->client_ka && !s->client_close && rc != ALB_HTTP_CLOSED;
         write_local(s, status, keep);
         if (!keep) {
@@ -958,7 +1042,7 @@ static int rs_headers_complete(alb_http_parser *p)
     const struct alb_http_msg *m = &p->msg;
     head_store *h = &s->rsh;
     int st = s->rstatus;
-    cancel_u_timer(s);
+    stop_u_timer(s);
     int informational = st < 200 && st != 101;
     if (!informational)
         member_report(s, st >= 500 ? ALB_OUT_HTTP_5XX : ALB_OUT_OK);
@@ -1079,7 +1163,7 @@ static void finish_exchange(sess *s, int upstream_reusable)
     s->api->stats_request(s->st->inst, now_us() - s->t_start, s->rstatus < 500, s->bytes_in,
                           s->bytes_out);
     account(s, s->rstatus);
-    cancel_u_timer(s);
+    stop_u_timer(s);
     member_end(s);
     if (!s->req_done) {
         /* Answered before the request body ended: the rest of it is still on both
@@ -1295,7 +1379,7 @@ static int c_tls_plain(void *arg, const uint8_t *d, size_t n)
         u_send(s, d, n);
     } else {
         if (s->phase == P_IDLE && !s->in_message)
-            cancel_c_timer(s); /* a request begins (the idle timer covered the handshake) */
+            stop_c_timer(s); /* a request begins (the idle timer covered the handshake) */
         feed_client(s, d, n);
     }
     if (!s->c || s->c_paused || s->phase == P_DONE) {
@@ -1340,7 +1424,7 @@ static void c_data(void *ctx, mp_conn *c, const uint8_t *d, size_t n)
         u_send(s, d, n);
     } else {
         if (s->phase == P_IDLE && !s->in_message)
-            cancel_c_timer(s);
+            stop_c_timer(s);
         feed_client(s, d, n);
     }
     leave(s);

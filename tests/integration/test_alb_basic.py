@@ -291,6 +291,36 @@ def test_timeouts_answer_408_and_504(start_host, alb_plugin):
         silent.close()
 
 
+def test_idle_keepalive_connection_closes_after_idle_ms(start_host, alb_plugin,
+                                                        nginx_backends):
+    """A kept client connection is closed after idle_ms without a request, not at the
+    shorter header timeout (the proxy re-arms its one timer for the rest), and a request
+    that starts in time is served; its header timer is the one that then runs."""
+    be = nginx_backends("idle")
+    _, port = alb_host(start_host, alb_plugin, {"be": [be.port]}, [{"upstream": "be"}],
+                       timeouts={"header_ms": 300, "idle_ms": 1200})
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while b"uri=/a\n" not in got:
+            b = s.recv(65536)
+            assert b, got
+            got += b
+        time.sleep(0.6)  # past header_ms, within idle_ms: still open
+        s.sendall(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while b"uri=/b\n" not in got:
+            b = s.recv(65536)
+            assert b, got
+            got += b
+        assert got.startswith(b"HTTP/1.1 200 "), got[:200]
+        t0 = time.monotonic()
+        s.settimeout(5)
+        assert s.recv(1) == b""  # closed by the proxy once idle
+        waited = time.monotonic() - t0
+    assert 1.0 < waited < 3.0, waited
+
+
 def test_websocket_upgrade_is_pumped(start_host, alb_plugin, ws_backend):
     _, port = alb_host(start_host, alb_plugin, {"ws": [ws_backend.port]},
                        [{"host": "a.example", "upstream": "ws"}])
