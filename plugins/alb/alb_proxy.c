@@ -1112,8 +1112,14 @@ static int rs_headers_complete(alb_http_parser *p)
         conn = "Connection: close\r\n";
     else if (!informational && s->client_v10)
         conn = "Connection: keep-alive\r\n";
-    len += (size_t)snprintf(out + len, cap - len, "%s%sVia: 1.1 " VIA_NAME "\r\n\r\n", framing,
-                            conn);
+    static const char via[] = "Via: 1.1 " VIA_NAME "\r\n\r\n";
+    size_t fl = strlen(framing), cl = strlen(conn);
+    memcpy(out + len, framing, fl); /* the 256 spare bytes of cap hold these three */
+    len += fl;
+    memcpy(out + len, conn, cl);
+    len += cl;
+    memcpy(out + len, via, sizeof(via) - 1);
+    len += sizeof(via) - 1;
     /* With TLS the head waits for the first body piece to share a record with it;
      * up_data_done flushes it when no body came with this read. */
     c_write(s, out, len, ALB_TLS_MORE);
