@@ -393,13 +393,13 @@ static const char *req_header(void *ctx, const char *name, size_t *len)
     return NULL;
 }
 
-/* Counts the current request once on its route and writes its access log line. */
-static void account(sess *s, int status)
+/* Counts the current request once on its route and writes its access log line; `lat`
+ * is its latency in microseconds. */
+static void account_latency(sess *s, int status, uint64_t lat)
 {
     if (s->accounted)
         return;
     s->accounted = 1;
-    uint64_t lat = s->t_start ? now_us() - s->t_start : 0;
     if (s->routed)
         alb_route_stats_record(s->route.stats, status, lat, s->bytes_in, s->bytes_out);
     if (!s->st->access_log)
@@ -423,6 +423,12 @@ static void account(sess *s, int status)
     if (s->req_up && s->req_member >= 0)
         e.upstream = s->req_up->pool.m[s->req_member].text;
     alb_access_log_write(s->st->access_log, &e);
+}
+
+static void account(sess *s, int status)
+{
+    if (!s->accounted)
+        account_latency(s, status, s->t_start ? now_us() - s->t_start : 0);
 }
 
 static const char *reason_of(int st)
@@ -1166,9 +1172,9 @@ static const struct alb_http_callbacks rs_callbacks = {
 static void finish_exchange(sess *s, int upstream_reusable)
 {
     atomic_fetch_add(&s->st->requests, 1);
-    s->api->stats_request(s->st->inst, now_us() - s->t_start, s->rstatus < 500, s->bytes_in,
-                          s->bytes_out);
-    account(s, s->rstatus);
+    uint64_t lat = now_us() - s->t_start;
+    s->api->stats_request(s->st->inst, lat, s->rstatus < 500, s->bytes_in, s->bytes_out);
+    account_latency(s, s->rstatus, lat);
     stop_u_timer(s);
     member_end(s);
     if (!s->req_done) {
