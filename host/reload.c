@@ -234,6 +234,16 @@ static void reconcile_instance(mp_host *h, const wanted *w, mp_plugin_image *img
     bool same_settings = inst->settings_text && strcmp(inst->settings_text, text) == 0;
     if (same_image && same_settings) {
         free(text);
+        const mp_plugin_descriptor *d = img->desc;
+        if (MP_HAS_MEMBER(mp_plugin_descriptor, d->struct_size, reload_files) &&
+            d->reload_files) {
+            err[0] = '\0';
+            int rc = d->reload_files(cur->state, err, sizeof(err));
+            if (rc < 0)
+                note(o, true, "%s: files not re-read: %s", w->id, err[0] ? err : strerror(-rc));
+            else
+                note(o, false, "%s: settings unchanged, files re-read", w->id);
+        }
         return;
     }
     if (same_image && img->desc->reconfigure) {

@@ -39,7 +39,7 @@ extern "C" {
 
 #define MP_PLUGIN_MAGIC 0x4c504d4du /* "MMPL" read as little-endian bytes */
 #define MP_ABI_MAJOR 1
-#define MP_ABI_MINOR 2
+#define MP_ABI_MINOR 3
 
 /* The one symbol a plugin exports. */
 #define MP_PLUGIN_ENTRY_SYMBOL "mp_plugin_entry"
@@ -449,6 +449,14 @@ typedef struct mp_plugin_descriptor {
     /* Non-NULL when the plugin can be the host's state store (host.state_store names
      * the instance). Static, like the descriptor. */
     const mp_state_store_ops *state_store;
+
+    /* ---- ABI 1.3 ---- */
+    /* A Reload found this instance's plugin file and settings unchanged, so no new
+     * generation starts: re-read what the instance loads from files its settings name
+     * (certificates and keys), as `nginx -s reload` would. Control thread. Return 0, or
+     * a negative errno with the reason in err: the Reload answer carries it and the
+     * instance goes on with what it had. Optional. */
+    int (*reload_files)(void *state, char *err, size_t err_len);
 } mp_plugin_descriptor;
 
 /* The entry point's type. The returned pointer must stay valid while loaded. */

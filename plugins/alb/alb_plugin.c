@@ -32,35 +32,61 @@ int alb_state_tls_accept(alb_state *st, const alb_tls_io *io, alb_tls_conn **out
     return rc;
 }
 
-/* One look at the certificate files: when one changed, read them all again and put the
- * new context in force. A failure (say, a key not yet replaced along with its
- * certificate) keeps the current one and is tried again at the next look. */
-static void tls_check(alb_state *st)
+/* Reads the certificate files again and puts the new context in force: always when
+ * `force`, else only when one changed (1 then, 0 when none did). A failure (say, a key
+ * not yet replaced along with its certificate) keeps the current context in force and
+ * returns -EINVAL with the reason in why. The watcher and a Reload may both get here:
+ * each builds its own context and the swap is under tls_mu. */
+static int tls_refresh(alb_state *st, int force, char *why, size_t why_len)
 {
     pthread_mutex_lock(&st->tls_mu);
     alb_tls_server_ctx *cur = alb_tls_server_ctx_ref(st->tls_server);
     pthread_mutex_unlock(&st->tls_mu);
-    if (alb_tls_server_ctx_changed(cur)) {
+    int rc = 0;
+    if (cur && (force || alb_tls_server_ctx_changed(cur))) {
         alb_tls_server_ctx *fresh = NULL;
-        char why[sizeof(st->tls_last_error)];
-        if (alb_tls_server_ctx_reload(cur, &fresh, why, sizeof(why)) == 0) {
+        if (alb_tls_server_ctx_reload(cur, &fresh, why, why_len) == 0) {
             pthread_mutex_lock(&st->tls_mu);
             alb_tls_server_ctx *old = st->tls_server;
             st->tls_server = fresh;
             pthread_mutex_unlock(&st->tls_mu);
             alb_tls_server_ctx_unref(old);
-            st->tls_last_error[0] = 0;
-            st->api->log(st->inst, MP_LOG_INFO,
-                         "alb: certificate files changed: new TLS connections use them");
-        } else if (strcmp(why, st->tls_last_error) != 0) {
-            snprintf(st->tls_last_error, sizeof(st->tls_last_error), "%s", why);
-            st->api->log(st->inst, MP_LOG_WARN,
-                         "alb: certificate files changed but cannot be used (the current "
-                         "ones stay in force): %s",
-                         why);
+            rc = 1;
+        } else {
+            rc = -EINVAL;
         }
     }
     alb_tls_server_ctx_unref(cur);
+    return rc;
+}
+
+/* The watcher's look at the certificate files; a failure is tried again at the next. */
+static void tls_check(alb_state *st)
+{
+    char why[sizeof(st->tls_last_error)];
+    int rc = tls_refresh(st, 0, why, sizeof(why));
+    if (rc == 1) {
+        st->tls_last_error[0] = 0;
+        st->api->log(st->inst, MP_LOG_INFO,
+                     "alb: certificate files changed: new TLS connections use them");
+    } else if (rc < 0 && strcmp(why, st->tls_last_error) != 0) {
+        snprintf(st->tls_last_error, sizeof(st->tls_last_error), "%s", why);
+        st->api->log(st->inst, MP_LOG_WARN,
+                     "alb: certificate files changed but cannot be used (the current "
+                     "ones stay in force): %s",
+                     why);
+    }
+}
+
+/* ABI 1.3: a Reload that starts no new generation re-reads the certificates. */
+static int reload_files(void *state, char *err, size_t err_len)
+{
+    alb_state *st = state;
+    int rc = tls_refresh(st, 1, err, err_len);
+    if (rc == 1)
+        st->api->log(st->inst, MP_LOG_INFO,
+                     "alb: certificates re-read on reload: new TLS connections use them");
+    return rc < 0 ? rc : 0;
 }
 
 static void *tls_watch(void *arg)
@@ -321,6 +347,7 @@ static const mp_plugin_descriptor descriptor = {
     .on_connection = on_connection,
     .routes_changed = alb_routes_changed,
     .rate_limits_changed = alb_rate_limits_changed,
+    .reload_files = reload_files,
 };
 
 MP_PLUGIN_DEFINE(descriptor)

@@ -14,6 +14,7 @@ import re
 import socket
 import ssl
 import subprocess
+import time
 
 import pytest
 
@@ -382,12 +383,13 @@ def test_replaced_certificate_files_serve_new_connections_while_open_ones_go_on(
     assert new_conn_serial() == old_serial
     mark = h.log_mark()
     key.write_bytes(new_key.read_bytes())
-    # (Reload makes no new generation for unchanged settings; it must not disturb this.)
+    # Reload makes no new generation for unchanged settings; it re-reads the files
+    # itself, or the watcher has already done so.
     m = h.pb.module_pb2
     rr = h.module.Reload(m.ReloadRequest(instance_id="alb", graceful=True), timeout=T)
     assert rr.success, rr.message
-    h.wait_log(r"certificate files changed: new TLS connections use them", timeout=5,
-               since=mark)
+    h.wait_log(r"(certificate files changed|certificates re-read on reload): new TLS "
+               r"connections use them", timeout=5, since=mark)
     assert new_conn_serial() == new_serial
     # the connection opened first still serves requests, on its first certificate
     for i in range(3):
@@ -396,6 +398,38 @@ def test_replaced_certificate_files_serve_new_connections_while_open_ones_go_on(
         assert r.status == 200 and parse_kv(r.read())["uri"] == f"/old{i}"
     assert id(old.sock) == old_sock and peer_serial(old.sock) == old_serial
     old.close()
+
+
+def test_reload_rereads_certificates(start_host, alb_so, nginx_backends, tmp_path):
+    """With the file watcher off, Reload (same plugin, same settings: no new generation)
+    re-reads the certificate files; a pair that does not match fails the Reload with
+    the file's name and the certificate in force stays."""
+    pki = Pki(tmp_path / "pki")
+    cert, key, old_serial = pki.issue("a", "a.test", "DNS:a.test")
+    api = nginx_backends("api")
+    settings = alb_settings({"api": {"servers": [api.address]}}, [{"upstream": "api"}],
+                            certs=[(cert, key)])
+    settings["tls"]["reload_check_ms"] = 0  # never: only Reload reads them again
+    h, port = start_alb(start_host, alb_so, settings)
+    m = h.pb.module_pb2
+
+    def serial_now():
+        with tls_connect(port, "a.test", pki.ca) as s:
+            return peer_serial(s)
+
+    assert serial_now() == old_serial
+    new_cert, new_key, new_serial = pki.issue("a2", "a.test", "DNS:a.test")
+    cert.write_bytes(new_cert.read_bytes())  # its key not yet: the pair does not match
+    rr = h.module.Reload(m.ReloadRequest(instance_id="alb", graceful=True), timeout=T)
+    assert not rr.success and "does not match" in rr.message, rr.message
+    assert str(key) in rr.message and ".conf:" in rr.message, rr.message  # FILE:LINE
+    assert serial_now() == old_serial
+    key.write_bytes(new_key.read_bytes())
+    time.sleep(0.3)
+    assert serial_now() == old_serial  # nothing looks at the files by itself
+    rr = h.module.Reload(m.ReloadRequest(instance_id="alb", graceful=True), timeout=T)
+    assert rr.success, rr.message
+    assert serial_now() == new_serial
 
 
 # ------------------------------------------------------------------ upstream TLS
