@@ -20,6 +20,7 @@
 #include "dp.h"
 #include "log.h"
 #include "pb_util.h"
+#include "valgrind_hints.h"
 
 #define SEND_IOV_MAX 16
 
@@ -274,6 +275,7 @@ void dp_conn_on_recv(mp_conn *c, struct io_uring_cqe *cqe)
     if (res > 0) {
         uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
         const uint8_t *data = w->bufs + (size_t)bid * DP_BUF_SIZE;
+        MP_MEM_WRITTEN_BY_KERNEL(data, (size_t)res);
         c->bytes_in += (uint64_t)res;
         if (c->state == CONN_CLOSED || (c->state == CONN_CLOSING && !c->pumping)) {
             dp_worker_recycle_buffer(w, bid);

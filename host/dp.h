@@ -268,6 +268,7 @@ struct mp_worker {
     struct io_uring ring;
     bool ring_disabled;    /* made R_DISABLED: the worker thread enables it */
     bool ring_fd_registered; /* io_uring_register_ring_fd, by the worker thread */
+    bool short_waits;      /* run by valgrind: short waits, then a yield (worker.c) */
     struct io_uring_buf_ring *br;
     uint8_t *bufs;
     int bgid;
