@@ -23,6 +23,8 @@
 #include "valgrind_hints.h"
 
 #define SEND_IOV_MAX 16
+/* Payload room of a cached small segment: one DP_SMALL_SEG_BYTES block, header included. */
+#define SMALL_SEG_ROOM (DP_SMALL_SEG_BYTES - sizeof(dp_seg))
 
 /* Per-connection sendmsg state lives beside the connection so the kernel may read it
  * until the completion arrives. */
@@ -143,7 +145,7 @@ static dp_seg *seg_provided(mp_worker *w, uint16_t bid, size_t len)
 static dp_seg *seg_owned(mp_worker *w, size_t len)
 {
     dp_seg *s;
-    size_t cap = DP_SMALL_SEG_BYTES - sizeof(*s);
+    size_t cap = SMALL_SEG_ROOM;
     if (len <= cap && w->seg_cache) {
         s = w->seg_cache;
         w->seg_cache = s->next;
@@ -168,7 +170,7 @@ static void seg_release(mp_worker *w, dp_seg *s)
         dp_worker_recycle_buffer(w, s->bid);
     } else if (s->kind == SEG_ZC && s->done) {
         s->done(s->done_arg);
-    } else if (s->kind == SEG_OWNED && s->cap == DP_SMALL_SEG_BYTES - sizeof(*s) &&
+    } else if (s->kind == SEG_OWNED && s->cap == SMALL_SEG_ROOM &&
                w->seg_cache_n < DP_SMALL_SEG_CACHE) {
         s->next = w->seg_cache;
         w->seg_cache = s;
@@ -241,7 +243,7 @@ static void stash_input(mp_conn *c, uint16_t bid, size_t len)
 {
     mp_worker *w = c->w;
     dp_seg *st;
-    if (len <= DP_SMALL_SEG_BYTES - sizeof(*st) && (st = seg_owned(w, len))) {
+    if (len <= SMALL_SEG_ROOM && (st = seg_owned(w, len))) {
         memcpy(st->owned, w->bufs + (size_t)bid * DP_BUF_SIZE, len);
         st->len = len;
         dp_worker_recycle_buffer(w, bid);
@@ -331,6 +333,22 @@ void dp_conn_on_recv(mp_conn *c, struct io_uring_cqe *cqe)
 
 /* ------------------------------------------------------------------ sending */
 
+/* Counts `len` more bytes waiting to be sent: 0, 1 past the high-water mark (the
+ * caller should stop producing), or -ENOBUFS past the hard limit (closed). */
+static int count_queued(mp_conn *c, size_t len)
+{
+    c->out_bytes += len;
+    if (c->out_bytes > DP_SEND_HARD_MAX) {
+        dp_conn_close(c, MP_CLOSE_OVERFLOW, ENOBUFS, true);
+        return -ENOBUFS;
+    }
+    if (c->out_bytes > DP_SEND_HWM) {
+        c->backpressured = true;
+        return 1;
+    }
+    return 0;
+}
+
 int dp_conn_queue(mp_conn *c, dp_seg *s)
 {
     if (c->state == CONN_CLOSED || c->write_shut) {
@@ -343,11 +361,6 @@ int dp_conn_queue(mp_conn *c, dp_seg *s)
     else
         c->out_head = s;
     c->out_tail = s;
-    c->out_bytes += s->len;
-    if (c->out_bytes > DP_SEND_HARD_MAX) {
-        dp_conn_close(c, MP_CLOSE_OVERFLOW, ENOBUFS, true);
-        return -ENOBUFS;
-    }
     /* Not sent at once: what else this round queues (a response's head, then its
      * body) joins it in one sendmsg when the worker flushes before it waits. */
     if (!c->send_inflight && !c->on_flush_list) {
@@ -356,11 +369,7 @@ int dp_conn_queue(mp_conn *c, dp_seg *s)
         c->w->flush_head = c;
         dp_conn_hold(c); /* not freed while listed */
     }
-    if (c->out_bytes > DP_SEND_HWM) {
-        c->backpressured = true;
-        return 1;
-    }
-    return 0;
+    return count_queued(c, s->len);
 }
 
 static void kick_send(mp_conn *c)
@@ -748,16 +757,7 @@ static int api_send(mp_conn *c, const void *data, size_t len)
     if (!c->send_inflight && t && t->kind == SEG_OWNED && t->cap - t->len >= len) {
         memcpy(t->owned + t->len, data, len);
         t->len += len;
-        c->out_bytes += len;
-        if (c->out_bytes > DP_SEND_HARD_MAX) {
-            dp_conn_close(c, MP_CLOSE_OVERFLOW, ENOBUFS, true);
-            return -ENOBUFS;
-        }
-        if (c->out_bytes > DP_SEND_HWM) {
-            c->backpressured = true;
-            return 1;
-        }
-        return 0;
+        return count_queued(c, len);
     }
     dp_seg *s = seg_owned(c->w, len);
     if (!s)

@@ -45,15 +45,22 @@ static void put(struct wbuf *w, const char *s, size_t n)
 
 static void puts_(struct wbuf *w, const char *s) { put(w, s, strlen(s)); }
 
-static void put_u64(struct wbuf *w, uint64_t v)
+size_t alb_http_u64_dec(char *out, uint64_t v)
 {
-    char tmp[24];
+    char tmp[20];
     size_t i = sizeof(tmp);
     do {
         tmp[--i] = (char)('0' + v % 10);
         v /= 10;
     } while (v);
-    put(w, tmp + i, sizeof(tmp) - i);
+    memcpy(out, tmp + i, sizeof(tmp) - i);
+    return sizeof(tmp) - i;
+}
+
+static void put_u64(struct wbuf *w, uint64_t v)
+{
+    char tmp[20];
+    put(w, tmp, alb_http_u64_dec(tmp, v));
 }
 
 static char lower(char c) { return (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c; }

@@ -58,6 +58,10 @@ enum alb_hdr_rc {
                              * request part / field holds CR, LF or other CTLs */
 };
 
+/* v in decimal into out, which has room for 20 digits; no terminator. Returns the
+ * number of digits. */
+size_t alb_http_u64_dec(char *out, uint64_t v);
+
 /* Writes the upstream request head (request line ... final CRLF) to out[0..cap).
  * On success *out_len is the length; on error out's contents are unspecified. */
 enum alb_hdr_rc alb_http_build_upstream_head(const struct alb_fwd_request *rq,

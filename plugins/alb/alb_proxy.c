@@ -50,6 +50,13 @@ enum phase { P_IDLE, P_REQ, P_DONE, P_TUNNEL };
 enum resp_mode { R_NONE, R_RAW, R_CHUNK };
 enum ctimer { CT_NONE, CT_IDLE, CT_HEADER };
 
+/* A host timer armed to fire at `armed`, timing `deadline` (monotonic ms), which may
+ * have moved later since: see "timers" below. */
+typedef struct lazy_timer {
+    mp_timer *t;
+    uint64_t deadline, armed;
+} lazy_timer;
+
 /* The most request body the proxy reads and drops to keep a connection it answered
  * itself (404, 429); past it the answer closes the connection instead. */
 #define ALB_DISCARD_MAX (1024 * 1024)
@@ -77,14 +84,11 @@ typedef struct sess {
     uint8_t *stash; /* client bytes after a complete request, parsed once it is answered */
     size_t stash_len;
     int hold, c_bp, u_bp, c_paused, u_paused;
-    /* Timers are lazy (see "timers" below): c_timer/u_timer is the host timer armed to
-     * fire at c_armed/u_armed; what it means when it fires is c_timer_kind with
-     * c_deadline, and u_waiting with u_deadline (monotonic ms). */
-    mp_timer *c_timer, *u_timer;
+    /* Lazy timers (see "timers" below) on the client and upstream connections; what
+     * they time is c_timer_kind and u_waiting. */
+    lazy_timer ct, ut;
     enum ctimer c_timer_kind;
-    uint64_t c_deadline, c_armed;
     int u_waiting;
-    uint64_t u_deadline, u_armed;
     int busy, c_gone;
     /* Pool bookkeeping for the current request (alb_pool.h). */
     int u_member;          /* member of upstream u_upstream that u is connected to */
@@ -129,16 +133,8 @@ static uint64_t now_us(void)
 /* "Content-Length: N\r\n" into buf (48 bytes), without printf's cost per response. */
 static const char *content_length_field(char *buf, uint64_t n)
 {
-    char digits[24];
-    size_t nd = 0;
-    do {
-        digits[nd++] = (char)('0' + n % 10);
-        n /= 10;
-    } while (n);
     memcpy(buf, "Content-Length: ", 16);
-    size_t len = 16;
-    while (nd)
-        buf[len++] = digits[--nd];
+    size_t len = 16 + alb_http_u64_dec(buf + 16, n);
     memcpy(buf + len, "\r\n", 3); /* with the terminator */
     return buf;
 }
@@ -259,18 +255,18 @@ static void set_u_paused(sess *s)
  * connection's callbacks (close, tunnel), after which it must never fire. */
 static void cancel_c_timer(sess *s)
 {
-    if (s->c_timer && s->c)
-        s->api->timer_cancel(s->c, s->c_timer);
-    s->c_timer = NULL;
+    if (s->ct.t && s->c)
+        s->api->timer_cancel(s->c, s->ct.t);
+    s->ct.t = NULL;
     s->c_timer_kind = CT_NONE;
 }
 
 /* The same for the upstream timer, before the session lets go of that connection. */
 static void cancel_u_timer(sess *s)
 {
-    if (s->u_timer && s->u)
-        s->api->timer_cancel(s->u, s->u_timer);
-    s->u_timer = NULL;
+    if (s->ut.t && s->u)
+        s->api->timer_cancel(s->u, s->ut.t);
+    s->ut.t = NULL;
     s->u_waiting = 0;
 }
 
@@ -496,9 +492,7 @@ static void send_local(sess *s, int status)
  * Instead a session keeps one host timer per connection and moves a deadline: a timer
  * that fires before its deadline is armed again for the rest, one that fires with
  * nothing to time does nothing. A timer is armed anew only when the new deadline comes
- * before the armed one; the client timer is armed for at most the shorter of the header
- * and idle timeouts, so that the header deadline of the next request on a kept
- * connection never comes before what the idle wait armed. Deadlines use the coarse
+ * before the armed one (see c_timer_cap for why that is rare). Deadlines use the coarse
  * monotonic clock: it costs no clock read per call, and a jiffy is nothing to timeouts
  * of a millisecond or more. */
 static uint64_t coarse_ms(void)
@@ -508,39 +502,62 @@ static uint64_t coarse_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static void c_timer_fired(void *arg);
-static void u_timer_fired(void *arg);
-
-static void arm_c_timer(sess *s, uint64_t now)
+/* Arms lt on connection c for its deadline, but for at most `cap` ms (0: no cap).
+ * Returns 0 when the host could not add a timer. */
+static int lt_arm(sess *s, mp_conn *c, lazy_timer *lt, uint64_t now, uint64_t cap,
+                  void (*fn)(void *))
 {
-    uint64_t ms = s->c_deadline - now, cap = s->st->cfg.header_ms;
-    if (s->st->cfg.idle_ms < cap)
-        cap = s->st->cfg.idle_ms;
-    if (ms > cap)
+    uint64_t ms = lt->deadline - now;
+    if (cap && ms > cap)
         ms = cap;
-    s->c_timer = s->api->timer_add(s->c, ms, c_timer_fired, s);
-    s->c_armed = now + ms;
-    if (!s->c_timer)
-        s->c_timer_kind = CT_NONE;
+    lt->t = s->api->timer_add(c, ms, fn, s);
+    lt->armed = now + ms;
+    return lt->t != NULL;
 }
 
-static void arm_u_timer(sess *s, uint64_t now)
+/* Times `ms` from now: the armed timer stays when it fires no later than that. */
+static int lt_start(sess *s, mp_conn *c, lazy_timer *lt, uint64_t ms, uint64_t cap,
+                    void (*fn)(void *))
 {
-    s->u_timer = s->api->timer_add(s->u, s->u_deadline - now, u_timer_fired, s);
-    s->u_armed = s->u_deadline;
-    if (!s->u_timer)
-        s->u_waiting = 0;
+    uint64_t now = coarse_ms();
+    lt->deadline = now + ms;
+    if (lt->t && lt->armed <= lt->deadline)
+        return 1; /* it fires first, and then looks at the deadline */
+    if (lt->t)
+        s->api->timer_cancel(c, lt->t);
+    return lt_arm(s, c, lt, now, cap, fn);
+}
+
+/* A fired timer whose deadline moved on since it was armed is armed again for the
+ * rest: 1 then (with *ok 0 if that failed), 0 when the deadline has come. */
+static int lt_refire_early(sess *s, mp_conn *c, lazy_timer *lt, uint64_t cap,
+                           void (*fn)(void *), int *ok)
+{
+    uint64_t now = coarse_ms();
+    if (lt->deadline <= now + 1)
+        return 0;
+    *ok = lt_arm(s, c, lt, now, cap, fn);
+    return 1;
+}
+
+/* The client timer runs at most this long, so that the header deadline of the next
+ * request on a kept connection never comes before what the idle wait armed. */
+static uint64_t c_timer_cap(const sess *s)
+{
+    uint32_t h = s->st->cfg.header_ms, i = s->st->cfg.idle_ms;
+    return h < i ? h : i;
 }
 
 static void c_timer_fired(void *arg)
 {
     sess *s = arg;
     enter(s);
-    s->c_timer = NULL;
+    s->ct.t = NULL;
     enum ctimer kind = s->c_timer_kind;
-    uint64_t now = coarse_ms();
-    if (kind != CT_NONE && s->c_deadline > now + 1) {
-        arm_c_timer(s, now); /* fired early: the deadline moved on since it was armed */
+    int ok = 1;
+    if (kind != CT_NONE && lt_refire_early(s, s->c, &s->ct, c_timer_cap(s), c_timer_fired, &ok)) {
+        if (!ok)
+            s->c_timer_kind = CT_NONE;
     } else {
         s->c_timer_kind = CT_NONE;
         if (kind == CT_HEADER)
@@ -555,24 +572,20 @@ static void start_c_timer(sess *s, enum ctimer kind, uint32_t ms)
 {
     if (!s->c)
         return;
-    uint64_t now = coarse_ms();
     s->c_timer_kind = kind;
-    s->c_deadline = now + ms;
-    if (s->c_timer && s->c_armed <= s->c_deadline)
-        return; /* it fires first, and then looks at the deadline */
-    if (s->c_timer)
-        s->api->timer_cancel(s->c, s->c_timer);
-    arm_c_timer(s, now);
+    if (!lt_start(s, s->c, &s->ct, ms, c_timer_cap(s), c_timer_fired))
+        s->c_timer_kind = CT_NONE;
 }
 
 static void u_timer_fired(void *arg)
 {
     sess *s = arg;
     enter(s);
-    s->u_timer = NULL;
-    uint64_t now = coarse_ms();
-    if (s->u_waiting && s->u_deadline > now + 1) {
-        arm_u_timer(s, now);
+    s->ut.t = NULL;
+    int ok = 1;
+    if (s->u_waiting && lt_refire_early(s, s->u, &s->ut, 0, u_timer_fired, &ok)) {
+        if (!ok)
+            s->u_waiting = 0;
     } else if (s->u_waiting) {
         s->u_waiting = 0;
         if (!s->resp_started)
@@ -586,14 +599,9 @@ static void start_u_timer(sess *s)
 {
     if (!s->u)
         return;
-    uint64_t now = coarse_ms();
     s->u_waiting = 1;
-    s->u_deadline = now + s->st->cfg.response_ms;
-    if (s->u_timer && s->u_armed <= s->u_deadline)
-        return;
-    if (s->u_timer)
-        s->api->timer_cancel(s->u, s->u_timer);
-    arm_u_timer(s, now);
+    if (!lt_start(s, s->u, &s->ut, s->st->cfg.response_ms, 0, u_timer_fired))
+        s->u_waiting = 0;
 }
 
 /* ------------------------------------------------------------ request side */
@@ -1242,7 +1250,7 @@ static void upgrade_to_pump(sess *s, const uint8_t *rest, size_t rest_len)
     s->api->conn_set_handler(u, &dead_handler, NULL);
     s->api->conn_set_handler(c, &dead_handler, NULL);
     s->u = NULL;
-    s->u_timer = NULL;
+    s->ut.t = NULL;
     s->c = NULL;
     s->c_gone = 1;
     if (s->api->conn_pump(c, u) < 0) {
@@ -1467,7 +1475,7 @@ static void c_closed(void *ctx, mp_conn *c, mp_close_reason reason, int err)
 {
     sess *s = ctx;
     enter(s);
-    s->c_timer = NULL; /* the host cancelled the connection's timers */
+    s->ct.t = NULL; /* the host cancelled the connection's timers */
     s->c = NULL;
     s->c_gone = 1;
     s->phase = P_DONE;
@@ -1683,7 +1691,7 @@ static void u_closed(void *ctx, mp_conn *u, mp_close_reason reason, int err)
         return;
     }
     enter(s);
-    s->u_timer = NULL; /* the host cancelled the connection's timers */
+    s->ut.t = NULL; /* the host cancelled the connection's timers */
     s->u_paused = s->u_bp = 0;
     s->u = NULL;
     alb_tls_conn_free(s->utls);

@@ -4,6 +4,7 @@
 
 import http.client
 import socket
+import ssl
 
 from mphelpers import BUILDDIR, free_port
 
@@ -29,21 +30,37 @@ def start_alb(start_host, so, settings, *, workers=2, drain_timeout_ms=3000, plu
     return h, port
 
 
+def read_to_close(s):
+    """Everything read from socket `s` (plain or TLS) until the peer closes it, resets
+    it, or stays silent for the socket's timeout."""
+    out = b""
+    while True:
+        try:
+            b = s.recv(65536)
+        except (ConnectionResetError, socket.timeout, ssl.SSLError):
+            break
+        if not b:
+            break
+        out += b
+    return out
+
+
+def read_until(s, marker):
+    """Reads from `s` until `marker` has arrived; the peer closing first fails."""
+    got = b""
+    while marker not in got:
+        b = s.recv(65536)
+        assert b, got
+        got += b
+    return got
+
+
 def raw_exchange(port, data, timeout=5):
     """Sends raw bytes on a new connection and returns everything read until the proxy
     closes it (or a reset, or `timeout` of silence)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
-        out = b""
-        while True:
-            try:
-                b = s.recv(65536)
-            except (ConnectionResetError, socket.timeout):
-                break
-            if not b:
-                break
-            out += b
-        return out
+        return read_to_close(s)
 
 
 def request(port, method, path, host, body=None, headers=None, timeout=10):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import mp_alb
-from mp_alb import raw_exchange
+from mp_alb import raw_exchange, read_to_close
 
 T = 10
 LIMITS = {"max_request_line": 512, "max_header_line": 256, "max_header_bytes": 2048,
@@ -100,20 +100,12 @@ def test_slowloris_gets_408(alb):
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(b"GET / HTTP/1.1\r\n")
         t0 = time.monotonic()
-        out = b""
         for piece in (b"Host: a", b".test\r\n", b"X-A: 1\r\n", b"X-B: 2\r\n"):
             time.sleep(0.2)
             try:
                 s.sendall(piece)
             except (BrokenPipeError, ConnectionResetError):
                 break
-        while True:
-            try:
-                b = s.recv(4096)
-            except (ConnectionResetError, socket.timeout):
-                break
-            if not b:
-                break
-            out += b
+        out = read_to_close(s)
         assert out.startswith(b"HTTP/1.1 408 "), out[:200]
         assert time.monotonic() - t0 < 3

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from mp_nginx import parse_kv
-from mp_alb import raw_exchange, request, start_alb, websocket_upgrade
+from mp_alb import raw_exchange, read_until, request, start_alb, websocket_upgrade
 from mphelpers import free_port
 
 BIG = 10 * 1024 * 1024
@@ -301,18 +301,10 @@ def test_idle_keepalive_connection_closes_after_idle_ms(start_host, alb_plugin,
                        timeouts={"header_ms": 300, "idle_ms": 1200})
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
-        got = b""
-        while b"uri=/a\n" not in got:
-            b = s.recv(65536)
-            assert b, got
-            got += b
+        read_until(s, b"uri=/a\n")
         time.sleep(0.6)  # past header_ms, within idle_ms: still open
         s.sendall(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
-        got = b""
-        while b"uri=/b\n" not in got:
-            b = s.recv(65536)
-            assert b, got
-            got += b
+        got = read_until(s, b"uri=/b\n")
         assert got.startswith(b"HTTP/1.1 200 "), got[:200]
         t0 = time.monotonic()
         s.settimeout(5)

@@ -21,7 +21,7 @@ import pytest
 from mp_nginx import parse_kv
 from mphelpers import host_binary
 import mp_alb
-from mp_alb import request, websocket_upgrade
+from mp_alb import read_to_close, request, websocket_upgrade
 from test_alb_basic import ws_backend  # noqa: F401 (a fixture)
 
 T = 10
@@ -110,19 +110,6 @@ def https_request(port, name, ca, method, path, body=None, headers=None):
         conn.close()
 
 
-def read_all(s):
-    out = b""
-    while True:
-        try:
-            b = s.recv(65536)
-        except (ConnectionResetError, socket.timeout, ssl.SSLError):
-            break
-        if not b:
-            break
-        out += b
-    return out
-
-
 def peer_serial(sock):
     der = sock.getpeercert(binary_form=True)
     r = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-serial"],
@@ -209,7 +196,7 @@ def test_alpn_http11_and_client_offering_only_h2(tls_proxy):
     with tls_connect(port, "a.test", pki.ca, alpn=("h2",)) as s:
         assert s.selected_alpn_protocol() is None
         s.sendall(b"GET /h2only HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-        out = read_all(s)
+        out = read_to_close(s)
     assert out.startswith(b"HTTP/1.1 200 "), out[:200]
 
 
@@ -230,7 +217,7 @@ def test_keep_alive_and_pipelining_on_one_tls_connection(tls_proxy):
         reqs = b"".join(f"GET /p{i} HTTP/1.1\r\nHost: a.test\r\n\r\n".encode()
                         for i in range(4))
         s.sendall(reqs + b"GET /plast HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-        out = read_all(s)
+        out = read_to_close(s)
     uris = re.findall(rb"uri=(\S+)\n", out)
     assert uris == [f"/p{i}".encode() for i in range(4)] + [b"/plast"], out[:600]
     assert out.count(b"HTTP/1.1 200 ") == 5
@@ -370,7 +357,7 @@ def test_replaced_certificate_files_serve_new_connections_while_open_ones_go_on(
         with tls_connect(port, "a.test", pki.ca) as s:
             serial = peer_serial(s)
             s.sendall(b"GET /after HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
-            assert b"uri=/after\n" in read_all(s)
+            assert b"uri=/after\n" in read_to_close(s)
         return serial
 
     # The certificate is replaced first, its key a moment later: in between the pair

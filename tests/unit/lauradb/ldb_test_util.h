@@ -1,7 +1,8 @@
 /*
  * ldb_test_util.h — shared helpers for the LauraDB unit tests: build documents from
  * (extended) JSON and compare result documents byte-for-byte against expected JSON, so
- * checks are type-exact (int32 vs int64 vs double) and print both sides on failure.
+ * checks are type-exact (int32 vs int64 vs double) and print both sides on failure;
+ * make and remove the scratch directory a test store lives in.
  */
 #ifndef LDB_TEST_UTIL_H
 #define LDB_TEST_UTIL_H
@@ -9,6 +10,30 @@
 #include <bson/bson.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* A new empty directory /tmp/ldb_<tag>_test.XXXXXX in dir, or the test binary aborts. */
+static inline void ldb_t_mkdir(char *dir, size_t len, const char *tag)
+{
+    snprintf(dir, len, "/tmp/ldb_%s_test.XXXXXX", tag);
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        abort();
+    }
+}
+
+/* Removes a closed store's files (LMDB's data.mdb and lock.mdb) and its directory. */
+static inline void ldb_t_rmdir(const char *dir)
+{
+    static const char *const files[] = {"data.mdb", "lock.mdb"};
+    char p[512];
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+}
 
 /* Parses JSON or aborts the test binary: a typo in a fixture is a test bug. */
 static inline bson_t *ldb_t_json(const char *json)

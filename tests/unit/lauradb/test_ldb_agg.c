@@ -717,22 +717,13 @@ static char dir[64];
 
 static void cleanup(void)
 {
-    char p[128];
     ldb_store_close(S);
-    snprintf(p, sizeof p, "%s/data.mdb", dir);
-    unlink(p);
-    snprintf(p, sizeof p, "%s/lock.mdb", dir);
-    unlink(p);
-    rmdir(dir);
+    ldb_t_rmdir(dir);
 }
 
 __attribute__((constructor)) static void setup(void)
 {
-    snprintf(dir, sizeof dir, "/tmp/ldb_agg_test.XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        abort();
-    }
+    ldb_t_mkdir(dir, sizeof dir, "agg");
     ldb_store_opts o = {.no_sync = true, .map_size = (size_t)2 << 30};
     if (ldb_store_open(dir, &o, &S, errbuf, sizeof errbuf) != 0) {
         fprintf(stderr, "open: %s\n", errbuf);

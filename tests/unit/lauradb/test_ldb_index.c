@@ -26,26 +26,6 @@ static const ldb_store_opts nosync = {.no_sync = true};
 
 /* ---------------------------------------------------------------- helpers */
 
-static void tmpdir(char *dir, size_t len)
-{
-    snprintf(dir, len, "/tmp/ldb_index_test.XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        abort();
-    }
-}
-
-static void rmdir_store(const char *dir)
-{
-    const char *files[] = {"data.mdb", "lock.mdb"};
-    char p[512];
-    for (size_t i = 0; i < 2; i++) {
-        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
-        unlink(p);
-    }
-    rmdir(dir);
-}
-
 static ldb_store *store_at(const char *dir)
 {
     ldb_store *s = NULL;
@@ -149,7 +129,7 @@ MP_TEST(create_list_drop_reopen)
     char dir[64];
     struct names n;
     ldb_write_result r = {0};
-    tmpdir(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "index");
     ldb_store *s = store_at(dir);
 
     MP_CHECK_EQ_INT(ldb_list_indexes(s, "db.none", name_fn, &n, errbuf, sizeof errbuf), -ENOENT);
@@ -221,7 +201,7 @@ MP_TEST(create_list_drop_reopen)
                  "_id_={ \"_id\" : 1 }!;a_1_b.c_-1={ \"a\" : 1, \"b.c\" : -1 };by_d={ \"d\" : 1 }!");
     ldb_store_close(s);
     free(o.s);
-    rmdir_store(dir);
+    ldb_t_rmdir(dir);
 }
 
 /* ---------------------------------------------------------------- random data */
@@ -537,8 +517,8 @@ MP_TEST(differential_random_queries)
 {
     char d1[64], d2[64];
     const int ndocs = 700;
-    tmpdir(d1, sizeof d1);
-    tmpdir(d2, sizeof d2);
+    ldb_t_mkdir(d1, sizeof d1, "index");
+    ldb_t_mkdir(d2, sizeof d2, "index");
     ldb_store *plain = store_at(d1), *indexed = store_at(d2);
     rng_state = (uint64_t)time(NULL) * 2654435761u + 1;
     const char *env = getenv("LDB_INDEX_SEED");
@@ -610,8 +590,8 @@ MP_TEST(differential_random_queries)
     MP_CHECK(ds.stopped_early > 50);
     ldb_store_close(plain);
     ldb_store_close(indexed);
-    rmdir_store(d1);
-    rmdir_store(d2);
+    ldb_t_rmdir(d1);
+    ldb_t_rmdir(d2);
 }
 
 /* ---------------------------------------------------------------- planner use */
@@ -621,7 +601,7 @@ MP_TEST(planner_uses_index)
     char dir[64];
     struct out o = {0};
     ldb_find_stats st;
-    tmpdir(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "index");
     ldb_store *s = store_at(dir);
     for (int i = 0; i < 200; i++) {
         char js[160];
@@ -696,7 +676,7 @@ MP_TEST(planner_uses_index)
     MP_CHECK_EQ_INT(st.examined, 0);
     ldb_store_close(s);
     free(o.s);
-    rmdir_store(dir);
+    ldb_t_rmdir(dir);
 }
 
 MP_TEST(null_missing_and_nested)
@@ -705,7 +685,7 @@ MP_TEST(null_missing_and_nested)
     struct out o = {0};
     ldb_find_stats st;
     ldb_write_result r = {0};
-    tmpdir(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "index");
     ldb_store *s = store_at(dir);
     const char *docs[] = {
         "{\"_id\": 1, \"a\": {\"b\": 1}}",       "{\"_id\": 2, \"a\": {\"b\": null}}",
@@ -732,7 +712,7 @@ MP_TEST(null_missing_and_nested)
     MP_CHECK_EQ_INT(ldb_index_check(s, "db.n", errbuf, sizeof errbuf), 0);
     ldb_store_close(s);
     free(o.s);
-    rmdir_store(dir);
+    ldb_t_rmdir(dir);
 }
 
 /* ---------------------------------------------------------------- unique, arrays */
@@ -742,7 +722,7 @@ MP_TEST(unique_violations)
     char dir[64];
     ldb_write_result r = {0};
     struct names n;
-    tmpdir(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "index");
     ldb_store *s = store_at(dir);
     MP_CHECK_EQ_INT(index_json(s, "db.u", "{\"e\": 1}", NULL, true), 0);
     MP_CHECK_EQ_INT(put_json(s, "db.u", "{\"_id\": 1, \"e\": \"x\", \"m\": [1, 1]}", &r), 0);
@@ -831,14 +811,14 @@ MP_TEST(unique_violations)
     MP_CHECK_EQ_INT(ldb_index_check(s, "db.u2", errbuf, sizeof errbuf), 0);
     ldb_store_close(s);
     free(o.s);
-    rmdir_store(dir);
+    ldb_t_rmdir(dir);
 }
 
 MP_TEST(parallel_arrays_refused)
 {
     char dir[64];
     ldb_write_result r = {0};
-    tmpdir(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "index");
     ldb_store *s = store_at(dir);
     MP_CHECK_EQ_INT(index_json(s, "db.pa", "{\"x\": 1, \"y\": 1}", NULL, false), 0);
     MP_CHECK_EQ_INT(put_json(s, "db.pa", "{\"_id\": 1, \"x\": [1, 2], \"y\": 3}", &r), 0);
@@ -873,7 +853,7 @@ MP_TEST(parallel_arrays_refused)
     bson_destroy(u);
     ldb_store_close(s);
     free(o.s);
-    rmdir_store(dir);
+    ldb_t_rmdir(dir);
 }
 
 MP_TEST(long_keys)
@@ -882,7 +862,7 @@ MP_TEST(long_keys)
     ldb_write_result r = {0};
     struct out o = {0};
     ldb_find_stats st;
-    tmpdir(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "index");
     ldb_store *s = store_at(dir);
     MP_CHECK_EQ_INT(index_json(s, "db.l", "{\"v\": 1}", NULL, true), 0);
     memset(big, 'q', sizeof big - 10);
@@ -911,7 +891,7 @@ MP_TEST(long_keys)
     MP_CHECK_EQ_INT(ldb_index_check(s, "db.l", errbuf, sizeof errbuf), 0);
     ldb_store_close(s);
     free(o.s);
-    rmdir_store(dir);
+    ldb_t_rmdir(dir);
 }
 
 /* ---------------------------------------------------------------- consistency */
@@ -921,7 +901,7 @@ MP_TEST(check_detects_damage)
 {
     char dir[64];
     ldb_write_result r = {0};
-    tmpdir(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "index");
     ldb_store *s = store_at(dir);
     MP_CHECK_EQ_INT(index_json(s, "db.k", "{\"a\": 1}", NULL, false), 0);
     for (int i = 0; i < 10; i++) {
@@ -959,13 +939,13 @@ MP_TEST(check_detects_damage)
     MP_CHECK_EQ_INT(ldb_index_check(s, "db.k", errbuf, sizeof errbuf), -EUCLEAN);
     MP_CHECK_CONTAINS(errbuf, "index a_1");
     ldb_store_close(s);
-    rmdir_store(dir);
+    ldb_t_rmdir(dir);
 }
 
 MP_TEST(point_lookup_100k)
 {
     char dir[64];
-    tmpdir(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "index");
     ldb_store *s = store_at(dir);
     enum { N = 100000, BATCH = 1000 };
     bson_t *docs[BATCH];
@@ -1012,7 +992,7 @@ MP_TEST(point_lookup_100k)
                     "collection scan %.0f us\n", build_ms, lookup_us, scan_us);
     ldb_store_close(s);
     free(o.s);
-    rmdir_store(dir);
+    ldb_t_rmdir(dir);
 }
 
 /* A multi update that resizes records several to a page: each put must not read its
@@ -1021,7 +1001,7 @@ MP_TEST(multi_update_resizes_records)
 {
     char dir[64];
     ldb_write_result r = {0};
-    tmpdir(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "index");
     ldb_store *s = store_at(dir);
     for (int i = 0; i < 300; i++) {
         char js[96];
@@ -1054,7 +1034,7 @@ MP_TEST(multi_update_resizes_records)
     MP_CHECK_EQ_INT(missing, 0);
     MP_CHECK_EQ_INT(ldb_index_check(s, "db.m", errbuf, sizeof errbuf), 0);
     ldb_store_close(s);
-    rmdir_store(dir);
+    ldb_t_rmdir(dir);
 }
 
 /* Writers keep inserting, updating and deleting while indexes are created and
@@ -1098,7 +1078,7 @@ static void *writer_run(void *arg)
 MP_TEST(indexes_change_under_concurrent_writes)
 {
     char dir[64];
-    tmpdir(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "index");
     ldb_store *s = store_at(dir);
     struct writer w[4];
     pthread_t t[4];
@@ -1123,7 +1103,7 @@ MP_TEST(indexes_change_under_concurrent_writes)
     MP_CHECK_EQ_INT(st.returned, 400 - 40);
     free(o.s);
     ldb_store_close(s);
-    rmdir_store(dir);
+    ldb_t_rmdir(dir);
 }
 
 MP_TEST_MAIN(MP_CASE(create_list_drop_reopen), MP_CASE(planner_uses_index),

@@ -32,25 +32,6 @@
 
 static char errbuf[512];
 
-static void mktmp(char *dir, size_t len)
-{
-    snprintf(dir, len, "/tmp/ldb_snap_test.XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        abort();
-    }
-}
-
-static void rmtmp(const char *dir)
-{
-    char p[512];
-    snprintf(p, sizeof p, "%s/data.mdb", dir);
-    unlink(p);
-    snprintf(p, sizeof p, "%s/lock.mdb", dir);
-    unlink(p);
-    rmdir(dir);
-}
-
 struct counter {
     int n;
     int64_t ids[4];
@@ -111,7 +92,7 @@ static ldb_store *loaded_store(char dir[64], int n, int groups, const char *extr
 {
     ldb_store_opts o = {.no_sync = true};
     ldb_store *s = NULL;
-    mktmp(dir, 64);
+    ldb_t_mkdir(dir, 64, "snap");
     if (ldb_store_open(dir, &o, &s, errbuf, sizeof errbuf) != 0)
         return NULL;
     bson_t **docs = calloc((size_t)n + 1, sizeof *docs);
@@ -201,7 +182,7 @@ MP_TEST(finds_during_index_create_drop)
     bson_destroy(up);
     bson_destroy(down);
     ldb_store_close(s);
-    rmtmp(dir);
+    ldb_t_rmdir(dir);
 }
 
 /* Many more concurrent finds than pooled read transactions, each nesting another find
@@ -261,7 +242,7 @@ MP_TEST(read_txn_pool_under_many_threads)
         MP_CHECK_EQ_INT(a[i].bad, 0);
     }
     ldb_store_close(s);
-    rmtmp(dir);
+    ldb_t_rmdir(dir);
 }
 
 struct ids {
@@ -306,8 +287,8 @@ MP_TEST(sorted_numeric_ranges_match_scan)
         "{\"k\": {\"$gt\": 1, \"$lt\": \"z\"}}",
     };
     char d1[64], d2[64];
-    mktmp(d1, sizeof d1);
-    mktmp(d2, sizeof d2);
+    ldb_t_mkdir(d1, sizeof d1, "snap");
+    ldb_t_mkdir(d2, sizeof d2, "snap");
     ldb_store_opts o = {.no_sync = true};
     ldb_store *plain = NULL, *indexed = NULL;
     MP_CHECK_EQ_INT(ldb_store_open(d1, &o, &plain, errbuf, sizeof errbuf), 0);
@@ -357,8 +338,8 @@ MP_TEST(sorted_numeric_ranges_match_scan)
     bson_destroy(keys);
     ldb_store_close(plain);
     ldb_store_close(indexed);
-    rmtmp(d1);
-    rmtmp(d2);
+    ldb_t_rmdir(d1);
+    ldb_t_rmdir(d2);
 }
 
 MP_TEST_MAIN(MP_CASE(finds_during_index_create_drop), MP_CASE(read_txn_pool_under_many_threads),

@@ -26,25 +26,6 @@ static char errbuf[512];
 
 /* ---------------------------------------------------------------- helpers */
 
-static void mktmp(char *dir, size_t len)
-{
-    snprintf(dir, len, "/tmp/ldb_store_test.XXXXXX");
-    if (!mkdtemp(dir)) {
-        perror("mkdtemp");
-        abort();
-    }
-}
-
-static void rmtmp(const char *dir)
-{
-    char p[512];
-    snprintf(p, sizeof p, "%s/data.mdb", dir);
-    unlink(p);
-    snprintf(p, sizeof p, "%s/lock.mdb", dir);
-    unlink(p);
-    rmdir(dir);
-}
-
 static ldb_store *open_store(const char *dir, const ldb_store_opts *o)
 {
     ldb_store *s = NULL;
@@ -136,7 +117,7 @@ MP_TEST(insert_and_find)
     char dir[64];
     struct collect c;
     ldb_write_result r = {0};
-    mktmp(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "store");
     ldb_store *s = open_store(dir, &fast);
 
     MP_CHECK_EQ_INT(insert_json(s, "app.users", "{\"_id\": 1, \"a\": 1}", &r), 0);
@@ -162,7 +143,7 @@ MP_TEST(insert_and_find)
     MP_CHECK_EQ_INT(c.n, 0);
 
     ldb_store_close(s);
-    rmtmp(dir);
+    ldb_t_rmdir(dir);
 }
 
 MP_TEST(duplicate_ordered_unordered)
@@ -170,7 +151,7 @@ MP_TEST(duplicate_ordered_unordered)
     char dir[64];
     struct collect c;
     ldb_write_result r = {0};
-    mktmp(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "store");
     ldb_store *s = open_store(dir, &fast);
     bson_t *d[4] = {ldb_t_json("{\"_id\": 1}"), ldb_t_json("{\"_id\": 1.0}"),
                     ldb_t_json("{\"_id\": 2}"), ldb_t_json("{\"_id\": {\"$numberLong\": \"2\"}}")};
@@ -213,7 +194,7 @@ MP_TEST(duplicate_ordered_unordered)
     for (int i = 0; i < 4; i++)
         bson_destroy(d[i]);
     ldb_store_close(s);
-    rmtmp(dir);
+    ldb_t_rmdir(dir);
 }
 
 /* ---------------------------------------------------------------- update / delete */
@@ -223,7 +204,7 @@ MP_TEST(update_semantics)
     char dir[64];
     struct collect c;
     ldb_write_result r = {0};
-    mktmp(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "store");
     ldb_store *s = open_store(dir, &fast);
     for (int i = 1; i <= 3; i++) {
         char js[64];
@@ -292,7 +273,7 @@ MP_TEST(update_semantics)
     ldb_write_result_clear(&r);
 
     ldb_store_close(s);
-    rmtmp(dir);
+    ldb_t_rmdir(dir);
 }
 
 static int count_ns(const char *ns, void *ctx)
@@ -308,7 +289,7 @@ MP_TEST(delete_semantics)
     struct collect c;
     ldb_write_result r = {0};
     int nns = 0;
-    mktmp(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "store");
     ldb_store *s = open_store(dir, &fast);
     for (int i = 1; i <= 5; i++) {
         char js[64];
@@ -336,7 +317,7 @@ MP_TEST(delete_semantics)
     MP_CHECK_EQ_INT(ldb_list_namespaces(s, count_ns, &nns, errbuf, sizeof errbuf), 0);
     MP_CHECK_EQ_INT(nns, 1);
     ldb_store_close(s);
-    rmtmp(dir);
+    ldb_t_rmdir(dir);
 }
 
 /* ---------------------------------------------------------------- oplog */
@@ -381,7 +362,7 @@ MP_TEST(oplog_contents_and_reopen)
     char dir[64];
     ldb_write_result r = {0};
     struct oplog_seen o = {.ts_ok = true};
-    mktmp(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "store");
     ldb_store *s = open_store(dir, &fast);
     insert_json(s, "o.c", "{\"_id\": 1, \"a\": 1}", &r);
     ldb_write_result_clear(&r);
@@ -420,7 +401,7 @@ MP_TEST(oplog_contents_and_reopen)
     MP_CHECK_EQ_INT(o.ids[0], 2);
     MP_CHECK_EQ_INT(o.ids[1], 3);
     ldb_store_close(s);
-    rmtmp(dir);
+    ldb_t_rmdir(dir);
 }
 
 /* ---------------------------------------------------------------- find */
@@ -431,7 +412,7 @@ MP_TEST(find_projection_sort_skip_limit)
     struct collect c;
     ldb_write_result r = {0};
     ldb_find_stats st;
-    mktmp(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "store");
     ldb_store *s = open_store(dir, &fast);
     for (int i = 0; i < 10; i++) {
         char js[64];
@@ -454,7 +435,7 @@ MP_TEST(find_projection_sort_skip_limit)
     MP_CHECK_EQ_INT(find_str(s, "f.c", "{\"a\": {\"$nope\": 1}}", NULL, NULL, 0, 0, &c, NULL), -EINVAL);
     MP_CHECK_EQ_INT(find_str(s, "f.c", NULL, NULL, NULL, -1, 0, &c, NULL), -EINVAL);
     ldb_store_close(s);
-    rmtmp(dir);
+    ldb_t_rmdir(dir);
 }
 
 struct ids {
@@ -479,7 +460,7 @@ MP_TEST(find_sort_bounds)
     ldb_write_result r = {0};
     int64_t got[8];
     struct ids x = {got, 0};
-    mktmp(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "store");
     ldb_store *s = open_store(dir, &fast);
     size_t n = LDB_SORT_MAX + 1;
     bson_t *d = calloc(n, sizeof *d);
@@ -509,7 +490,7 @@ MP_TEST(find_sort_bounds)
     free(d);
     free(docs);
     ldb_store_close(s);
-    rmtmp(dir);
+    ldb_t_rmdir(dir);
 }
 
 /* ---------------------------------------------------------------- limits and keys */
@@ -519,7 +500,7 @@ MP_TEST(size_limits)
     char dir[64];
     char ns[200];
     ldb_write_result r = {0};
-    mktmp(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "store");
     ldb_store *s = open_store(dir, &fast);
 
     memset(ns, 'x', sizeof ns);
@@ -569,7 +550,7 @@ MP_TEST(size_limits)
     bson_destroy(&doc);
     free(str);
     ldb_store_close(s);
-    rmtmp(dir);
+    ldb_t_rmdir(dir);
 }
 
 /* A write that does not fit the map fails alone: its nested transaction is rolled
@@ -579,7 +560,7 @@ MP_TEST(map_full_fails_only_that_write)
     char dir[64];
     ldb_write_result r = {0};
     ldb_store_opts o = {.no_sync = true, .map_size = 4u << 20};
-    mktmp(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "store");
     ldb_store *s = open_store(dir, &o);
     MP_CHECK_EQ_INT(insert_json(s, "m.c", "{\"_id\": 1}", &r), 0);
     ldb_write_result_clear(&r);
@@ -603,7 +584,7 @@ MP_TEST(map_full_fails_only_that_write)
     bson_destroy(&doc);
     free(str);
     ldb_store_close(s);
-    rmtmp(dir);
+    ldb_t_rmdir(dir);
 }
 
 struct idlist {
@@ -635,7 +616,7 @@ MP_TEST(key_order_matches_compare)
         "{\"$maxKey\": 1}", "{\"$date\": {\"$numberLong\": \"-5\"}}", "{\"$date\": 5}",
         "{\"x\": 1}", "{\"$binary\": {\"base64\": \"AA==\", \"subType\": \"00\"}}"};
     size_t n = sizeof ids / sizeof ids[0];
-    mktmp(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "store");
     ldb_store *s = open_store(dir, &fast);
     for (size_t i = 0; i < n; i++) {
         char js[128];
@@ -658,7 +639,7 @@ MP_TEST(key_order_matches_compare)
     for (size_t i = 0; i < l.n; i++)
         bson_value_destroy(&l.v[i]);
     ldb_store_close(s);
-    rmtmp(dir);
+    ldb_t_rmdir(dir);
 }
 
 /* ---------------------------------------------------------------- group commit */
@@ -740,7 +721,7 @@ MP_TEST(group_commit_8_threads)
     char dir[64];
     const int per = 150;
     int failures;
-    mktmp(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "store");
     /* Real fsyncs: the point is that concurrent writers share them. */
     ldb_store *s = open_store(dir, NULL);
     run_writers(s, GC_THREADS, per, &failures);
@@ -763,7 +744,7 @@ MP_TEST(group_commit_8_threads)
         MP_CHECK(d.seen_ids[i] != d.seen_ids[i - 1]);
     free(d.seen_ids);
     ldb_store_close(s);
-    rmtmp(dir);
+    ldb_t_rmdir(dir);
 }
 
 /* Not a correctness check: prints ops/s with and without group commit (fsync on). */
@@ -775,7 +756,7 @@ MP_TEST(group_commit_throughput)
         char dir[64];
         int failures;
         ldb_store_opts o = {.no_group_commit = !grouped};
-        mktmp(dir, sizeof dir);
+        ldb_t_mkdir(dir, sizeof dir, "store");
         ldb_store *s = open_store(dir, &o);
         double secs = run_writers(s, GC_THREADS, per, &failures);
         MP_CHECK_EQ_INT(failures, 0);
@@ -783,7 +764,7 @@ MP_TEST(group_commit_throughput)
                 grouped ? "group commit" : "one commit per write", GC_THREADS, per, secs,
                 GC_THREADS * per / secs);
         ldb_store_close(s);
-        rmtmp(dir);
+        ldb_t_rmdir(dir);
     }
 }
 
@@ -865,7 +846,7 @@ MP_TEST(kill9_acknowledged_writes_survive)
 {
     char dir[64];
     size_t acked_total = 0;
-    mktmp(dir, sizeof dir);
+    ldb_t_mkdir(dir, sizeof dir, "store");
     for (int round = 0; round < 5; round++) {
         int p[2];
         if (pipe(p) != 0)
@@ -930,7 +911,7 @@ MP_TEST(kill9_acknowledged_writes_survive)
         free(acked);
     }
     MP_CHECK(acked_total > 0);
-    rmtmp(dir);
+    ldb_t_rmdir(dir);
 }
 
 MP_TEST_MAIN(MP_CASE(insert_and_find), MP_CASE(duplicate_ordered_unordered),
